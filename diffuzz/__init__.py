@@ -1,0 +1,1 @@
+"""diffuzz: differential fuzzer for the Linux sk_msg / sockmap send path."""

@@ -1,0 +1,1 @@
+"""The reference model of the kernel sk_msg send path (standard library only)."""
