@@ -290,7 +290,9 @@ class Attach:
 
 
 SendEvent = Send | SendMsg | SendFile | Splice
-Event = Send | SendMsg | SendFile | Splice | Recv | Fionread | Close | Shutdown | MapDelete | MapInsert | Detach | Attach
+Event = (
+    Send | SendMsg | SendFile | Splice | Recv | Fionread | Close | Shutdown | MapDelete | MapInsert | Detach | Attach
+)
 EVENT_TYPES: Mapping[str, type] = {
     t.op: t
     for t in (Send, SendMsg, SendFile, Splice, Recv, Fionread, Close, Shutdown, MapDelete, MapInsert, Detach, Attach)
@@ -373,8 +375,31 @@ class Case:
         start = sum(e.size for e in self.events[:event_index] if isinstance(e, SEND_TYPES))
         return _alphabet_slice(start + self.payload.seed, event.size)
 
-    def to_json(self, indent: int | None = 1) -> str:
-        return json.dumps(case_to_dict(self), indent=indent)
+    def to_json(self, indent: int | None = 2) -> str:
+        """Case JSON: one line with indent=None, else the readable layout of the case files."""
+        if indent is None:
+            return json.dumps(case_to_dict(self), separators=(",", ":"))
+        return layout_json(case_to_dict(self))
+
+
+def layout_json(value: Any, indent: int = 0, used: int = 0, width: int = 110) -> str:
+    """JSON where an object or list stays on one line when it fits in `width` columns.
+
+    Case files are read by people in reviews and triage; one event or step per line reads like
+    the step list it is.  `used`: columns already taken on the current line.
+    """
+    flat = json.dumps(value, ensure_ascii=False)
+    if used + len(flat) <= width or not isinstance(value, dict | list) or not value:
+        return flat
+    pad = " " * (indent + 2)
+    if isinstance(value, dict):
+        items = []
+        for k, v in value.items():
+            head = f"{pad}{json.dumps(k)}: "
+            items.append(head + layout_json(v, indent + 2, len(head), width))
+        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
+    items = [pad + layout_json(v, indent + 2, indent + 2, width) for v in value]
+    return "[\n" + ",\n".join(items) + "\n" + " " * indent + "]"
 
 
 def peer_of(ep: str) -> str:
@@ -510,7 +535,7 @@ def _str(value: Any, path: str) -> str:
 
 def _choice(options: Mapping[str, Any] | tuple[str, ...]) -> Callable[[Any, str], str]:
     def conv(value: Any, path: str) -> str:
-        if value not in options:
+        if not isinstance(value, str) or value not in options:  # a list or object is unhashable
             raise CaseError(path, f"must be one of {', '.join(options)}, got {value!r}")
         return value
 
@@ -609,7 +634,8 @@ class _CaseLoader:
         size = _int_in(0, MAX_SEND)
         event: Event
         if op == "send":
-            event = Send(ep=r.get("ep", self.ep), len=r.get("len", size), flags=r.get("flags", self.flags(SEND_FLAGS), ()))
+            event = Send(ep=r.get("ep", self.ep), len=r.get("len", size),
+                         flags=r.get("flags", self.flags(SEND_FLAGS), ()))
         elif op == "sendmsg":
             event = SendMsg(ep=r.get("ep", self.ep), iov=r.get("iov", _list(size, MAX_IOV, 1)),
                             flags=r.get("flags", self.flags(SEND_FLAGS), ()))
@@ -621,7 +647,8 @@ class _CaseLoader:
             event = Splice(ep=r.get("ep", self.ep), len=r.get("len", _int_in(0, MAX_SPLICE)),
                            flags=r.get("flags", self.flags(SPLICE_FLAGS), ()))
         elif op == "recv":
-            event = Recv(ep=r.get("ep", self.ep), len=r.get("len", _int_in(0, MAX_RECV)), peek=r.get("peek", _bool, False))
+            event = Recv(ep=r.get("ep", self.ep), len=r.get("len", _int_in(0, MAX_RECV)),
+                         peek=r.get("peek", _bool, False))
         elif op == "fionread":
             event = Fionread(ep=r.get("ep", self.ep))
         elif op == "close":
@@ -659,7 +686,8 @@ def case_from_dict(obj: Any) -> Case:
     r = _Reader(obj, "")
     version = r.get("format", _int_in(0, 1 << 31))
     if version > FORMAT_VERSION:
-        raise CaseError("format", f"version {version} is newer than this diffuzz reads ({FORMAT_VERSION}); upgrade diffuzz")
+        raise CaseError("format", f"version {version} is newer than this diffuzz reads ({FORMAT_VERSION}); "
+                                  "upgrade diffuzz")
     if version < 1:
         raise CaseError("format", f"version {version} does not exist (the first is 1)")
     pairs = r.get("pairs", _int_in(1, MAX_PAIRS), 1)
@@ -707,6 +735,8 @@ def loads_case(text: str) -> Case:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise CaseError("", f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise CaseError("", "nested too deeply to be a case") from None
     return case_from_dict(obj)
 
 

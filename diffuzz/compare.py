@@ -90,14 +90,14 @@ def _plain(path: str, k: Any, m: Any) -> Iterator[Difference]:
 def _seq(path: str, ks: tuple, ms: tuple, each: Any) -> Iterator[Difference]:
     if len(ks) != len(ms):
         yield Difference(f"{path}.length", len(ks), len(ms))
-    for i, (k, m) in enumerate(zip(ks, ms)):
+    for i, (k, m) in enumerate(zip(ks, ms, strict=False)):
         yield from each(f"{path}[{i}]", k, m)
 
 
 def _data(path: str, k: Data | None, m: Data | None) -> Iterator[Difference]:
     if k is None or m is None:
         if k is not m:
-            yield Difference(path, k and k.to_json(), m and m.to_json())
+            yield Difference(path, k if k is None else k.to_json(), m if m is None else m.to_json())
         return
     if k.unknown:
         # The kernel reports what it read; it never has holes.  If it does, say so.
@@ -123,7 +123,7 @@ def _run(path: str, k: Any, m: Any) -> Iterator[Difference]:
     yield from _window(f"{path}.win_in", k.win_in, m.win_in)
     if len(k.steps) != len(m.steps):
         yield Difference(f"{path}.steps.length", len(k.steps), len(m.steps))
-    for i, (ks, ms) in enumerate(zip(k.steps, m.steps)):
+    for i, (ks, ms) in enumerate(zip(k.steps, m.steps, strict=False)):
         yield from _plain(f"{path}.steps[{i}].rc", ks.rc, ms.rc)
         yield from _window(f"{path}.steps[{i}].win", ks.win, ms.win)
     yield from _plain(f"{path}.size_out", k.size_out, m.size_out)

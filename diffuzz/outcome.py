@@ -42,6 +42,26 @@ class Data:
     raw: bytes = b""
     unknown: tuple[tuple[int, int], ...] = ()
 
+    def __post_init__(self) -> None:
+        # One canonical form, so equal contents compare equal and survive JSON: ranges
+        # clipped, sorted and merged, and the bytes under them zeroed.
+        if not self.unknown:
+            return
+        merged: list[tuple[int, int]] = []
+        for start, end in sorted(self.unknown):
+            start, end = max(0, start), min(len(self.raw), end)
+            if start >= end:
+                continue
+            if merged and start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+            else:
+                merged.append((start, end))
+        raw = bytearray(self.raw)
+        for start, end in merged:
+            raw[start:end] = bytes(end - start)
+        object.__setattr__(self, "raw", bytes(raw))
+        object.__setattr__(self, "unknown", tuple(merged))
+
     def __len__(self) -> int:
         return len(self.raw)
 
@@ -72,6 +92,8 @@ class Data:
 
     @classmethod
     def from_json(cls, text: str) -> Data:
+        if "?" not in text:
+            return cls(bytes.fromhex(text))
         unknown: list[tuple[int, int]] = []
         raw = bytearray()
         for i in range(0, len(text), 2):

@@ -1,0 +1,320 @@
+"""The diffuzz command line: run one side, reproduce (both sides + compare), doctor.
+
+Exit codes, for every command:
+  0  done, and (reproduce) every case agrees
+  1  (reproduce) at least one case differs
+  2  bad input (missing file, bad JSON, a field out of range, an unknown option), an
+     environment that cannot run the case (not root, no bpf(), no sockmap), or a case the
+     kernel side could not run; one line on stderr that names the problem, never a traceback.
+
+The sides are imported lazily: `diffuzz --help` and the model side work on a machine with
+no BPF at all, and the kernel side is only loaded when asked for.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, is_dataclass
+from typing import Any, NoReturn
+
+import click
+
+from diffuzz.case import Case, CaseError, load_case
+from diffuzz.outcome import Outcome
+
+SIDES = ("kernel", "model")
+BACKENDS = ("interp", "bcc")
+
+# Errors from the kernel side that mean "this machine or process cannot do it", not a bug.
+_UNUSABLE_ERRNOS = {errno.EPERM, errno.EACCES, errno.ENOSYS, errno.EOPNOTSUPP}
+
+
+class BadInput(click.ClickException):
+    """A case file or argument diffuzz cannot use; exit 2."""
+
+    exit_code = 2
+
+
+class Unusable(click.ClickException):
+    """The environment cannot run the requested side (not root, no BPF, missing piece); exit 2."""
+
+    exit_code = 2
+
+
+class CaseFailed(Unusable):
+    """The kernel side could not run one case (its worker raised or died: an error outcome,
+    kernel_runner.pool.is_error); that case observed nothing, so it is not compared.  Exit 2."""
+
+
+# click >= 8.2 raises this for a bare `diffuzz` (no_args_is_help); older clicks print the help and exit 0.
+_NoArgsIsHelp: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+
+
+class _Cli(click.Group):
+    """A group whose every failure is one line on stderr with the right exit code.
+
+    click's own usage errors print a usage block; a reader of CI logs and a script calling
+    diffuzz both want one line that names the problem, so they are reformatted here, in
+    the one place every command goes through (the console script and CliRunner alike).
+    """
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,  # type: ignore[override]
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        for stream in (sys.stdout, sys.stderr):  # an ASCII-only locale gets \u escapes, not a traceback
+            if hasattr(stream, "reconfigure") and (stream.encoding or "").lower().replace("-", "") != "utf8":
+                stream.reconfigure(errors="backslashreplace")
+        try:
+            rv = super().main(args, prog_name or "diffuzz", complete_var, standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) else 0
+        except _NoArgsIsHelp as e:  # bare `diffuzz`: the help is the answer
+            click.echo(e.ctx.get_help() if e.ctx else e.format_message())
+            code = 0
+        except click.ClickException as e:
+            click.echo(f"diffuzz: error: {_one_line(e.format_message())}", err=True)
+            code = e.exit_code
+        except click.Abort:
+            click.echo("diffuzz: aborted", err=True)
+            code = 130
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+@click.group(cls=_Cli, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="diffuzz")
+def main() -> None:
+    """diffuzz: a differential fuzzer for the Linux sk_msg / sockmap send path.
+
+    Every case runs on the real kernel and on a Python reference model of
+    net/ipv4/tcp_bpf.c and net/core/skmsg.c; any difference in delivered bytes, send
+    return codes, program runs, helper return codes or verdicts is a finding.
+
+    Exit codes: 0 ok / all agree, 1 a case differs, 2 bad input or unusable machine.
+    """
+
+
+# --------------------------------------------------------------------------------------
+# Running the two sides (imported lazily).
+
+
+def load_or_fail(path: str) -> Case:
+    try:
+        return load_case(path)
+    except CaseError as e:
+        raise BadInput(str(e)) from None
+
+
+def run_model(case: Case) -> Outcome:
+    try:
+        import sim
+    except ImportError as e:
+        raise Unusable(f"the model is not available: {e}") from None
+    run = getattr(sim, "run", None)
+    if run is None:
+        raise Unusable("the model is not available: sim.run is missing")
+    return run(case)
+
+
+def run_kernel(case: Case, backend: str) -> Outcome:
+    """kernel_runner.local.run, with every 'this machine cannot' failure turned into Unusable."""
+    try:
+        from kernel_runner.backend import KernelUnsupported
+    except ImportError as e:
+        raise Unusable(f"the kernel side is not available: {e}") from None
+    try:
+        from kernel_runner import local
+    except ImportError as e:
+        raise Unusable(f"the kernel side is not available: {e}") from None
+    try:
+        outcome = local.run(case, backend=backend)
+    except KernelUnsupported as e:
+        raise Unusable(f"kernel side ({backend}): {e}") from None
+    except OSError as e:
+        if e.errno in _UNUSABLE_ERRNOS:
+            raise Unusable(f"kernel side ({backend}): {e}; run `diffuzz doctor` to see what is missing") from None
+        raise
+    if "error" in outcome.notes:
+        error = _one_line(str(outcome.notes["error"]))
+        raise CaseFailed(f"the kernel side ({backend}) could not run the case: {error}")
+    return outcome
+
+
+def run_side(case: Case, side: str, backend: str) -> Outcome:
+    return run_kernel(case, backend) if side == "kernel" else run_model(case)
+
+
+def _json_default(value: Any) -> Any:
+    """Difference values may be dataclasses (RunContext) or bytes; make them JSON."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    if hasattr(value, "to_json"):
+        return value.to_json()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+# --------------------------------------------------------------------------------------
+# Commands
+
+_backend_option = click.option(
+    "--backend", type=click.Choice(BACKENDS), default="interp", show_default=True,
+    help="Kernel program backend: the fast interpreter program, or per-case C compiled by bcc.",
+)
+
+
+@main.command()
+@click.argument("case", type=click.Path(dir_okay=False))
+@click.option("--side", type=click.Choice(SIDES), required=True, help="Which side runs the case.")
+@click.option("--json", "as_json", is_flag=True, help="Print the Outcome as JSON (docs/case-format.md).")
+@_backend_option
+def run(case: str, side: str, as_json: bool, backend: str) -> int:
+    """Run CASE on one side and print what it observed.
+
+    \b
+    Examples:
+      diffuzz run corpus/seeds/pass_one_send.json --side model
+      diffuzz run corpus/seeds/pass_one_send.json --side kernel --backend bcc --json
+    """
+    loaded = load_or_fail(case)
+    try:
+        outcome = run_side(loaded, side, backend)
+    except CaseFailed as e:
+        raise CaseFailed(f"{case}: {e.message}") from None
+    if as_json:
+        click.echo(outcome.to_json(indent=1))
+        return 0
+    from diffuzz import reproduce_view
+
+    reproduce_view.print_run(reproduce_view.console(), case, loaded, outcome)
+    return 0
+
+
+@main.command()
+@click.argument("cases", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per case per line: case, agree, differences, kernel, model.")
+@click.option("-v", "--verbose", is_flag=True, help="Show the full view for agreeing cases too.")
+@_backend_option
+def reproduce(cases: tuple[str, ...], as_json: bool, verbose: bool, backend: str) -> int:
+    """Run each CASE on the kernel and on the model and show where they differ.
+
+    The case is printed as a step list, then both outcomes side by side with the differing
+    rows marked. Exit 0 when every case agrees, 1 when any differs, 2 for bad input, a
+    machine that cannot run the kernel side, or a case the kernel side could not run.
+
+    \b
+    Examples:
+      diffuzz reproduce corpus/findings/3f2a9c.json
+      diffuzz reproduce corpus/seeds/*.json
+    """
+    from diffuzz.compare import compare
+
+    # Read every file first: a typo in the tenth file should not cost nine kernel runs.
+    loaded = [(path, load_or_fail(path)) for path in cases]
+    show_all = verbose or len(loaded) == 1
+    differing = failed = 0
+    view: Any = None
+    if not as_json:
+        from diffuzz import reproduce_view
+
+        view = reproduce_view
+        con = view.console()
+    for path, case in loaded:
+        try:
+            kernel = run_kernel(case, backend)
+        except CaseFailed as e:
+            # One case the kernel could not run does not stop the others; the exit code says it (2).
+            failed += 1
+            if as_json:
+                click.echo(json.dumps({"case": path, "error": e.message}))
+            else:
+                click.echo(f"diffuzz: error: {path}: {e.message}", err=True)
+            continue
+        model = run_model(case)
+        diffs = compare(kernel, model)
+        differing += bool(diffs)
+        if as_json:
+            record = {
+                "case": path,
+                "agree": not diffs,
+                "differences": [{"path": d.path, "kernel": d.kernel, "model": d.model} for d in diffs],
+                "kernel": kernel.to_dict(),
+                "model": model.to_dict(),
+            }
+            click.echo(json.dumps(record, default=_json_default))
+        elif diffs or show_all:
+            view.print_reproduce(con, path, case, kernel, model, diffs)
+        else:
+            view.print_agree_line(con, path, case, kernel)
+    if not as_json and len(loaded) > 1:
+        view.print_summary(con, len(loaded), differing, failed)
+    if failed:
+        return 2
+    return 1 if differing else 0
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as a JSON list.")
+def doctor(as_json: bool) -> int:
+    """Check that this machine can run the kernel side, and say how to fix what is missing.
+
+    Exit 0 when everything the main job needs is there, else 2.
+    """
+    from diffuzz import doctor as checks
+
+    results = checks.run_checks()
+    if as_json:
+        click.echo(json.dumps([asdict(r) for r in results], indent=1))
+    else:
+        checks.print_checks(results)
+    return 0 if checks.main_job_ready(results) else 2
+
+
+def _add_optional_commands(group: click.Group, module: str, names: Sequence[str]) -> None:
+    """Register commands another module defines, when it exists (diffuzz.cli_fuzz: fuzz, minimize).
+
+    A module that is absent adds nothing; a module that exists but fails to import (a missing
+    dependency) adds stand-ins that say why, so the rest of the CLI keeps working."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        if e.name == module:
+            return
+        reason = f"{module} cannot be imported: {e}"
+        for name in names:
+            group.add_command(_unavailable(name, reason), name)
+        return
+    for name in names:
+        cmd = getattr(mod, name, None)
+        if isinstance(cmd, click.Command):
+            group.add_command(cmd, name)
+
+
+def _unavailable(name: str, reason: str) -> click.Command:
+    def callback(**_: Any) -> None:
+        raise Unusable(f"{name}: {reason}")
+
+    return click.Command(name, callback=callback, help=f"(unavailable: {reason})",
+                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+
+
+_add_optional_commands(main, "diffuzz.cli_fuzz", ("fuzz", "minimize"))
+
+
+def fail(message: str) -> NoReturn:
+    """For commands defined elsewhere (cli_fuzz): stop with one line on stderr and exit 2."""
+    raise BadInput(message)
+
+
+if __name__ == "__main__":  # python -m diffuzz.cli, where the console script is not installed
+    main()

@@ -1,0 +1,185 @@
+"""`diffuzz fuzz` and `diffuzz minimize` (registered by diffuzz/cli.py).
+
+    diffuzz fuzz [--duration S] [--cases N] [--seed K] [--jobs J] [--workdir DIR] [--backend interp]
+    diffuzz minimize CASE -o OUT
+
+The kernel side is the real kernel pool (kernel_runner.pool.KernelPool); the model is sim.run.
+Both are imported when a command runs, so `diffuzz --help` works anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import click
+
+from diffuzz.case import Case
+from diffuzz.outcome import Outcome
+
+BACKENDS = ("interp", "bcc")
+
+
+def _model() -> Callable[[Case], Outcome]:
+    from diffuzz.cli import Unusable
+
+    try:
+        import sim
+    except ImportError as e:
+        raise Unusable(f"the model is not available: {e}") from None
+    run = getattr(sim, "run", None)
+    if run is None:
+        raise Unusable("the model is not available: sim.run is missing")
+    return run
+
+
+def _pool(jobs: int, backend: str, deadline: float) -> Any:
+    from diffuzz.cli import Unusable
+
+    try:
+        from kernel_runner.backend import KernelUnsupported
+        from kernel_runner.pool import KernelPool
+    except ImportError as e:
+        raise Unusable(f"the kernel side is not available: {e}") from None
+    try:
+        return KernelPool(jobs=jobs, backend=backend, deadline=deadline)
+    except KernelUnsupported as e:
+        raise Unusable(f"kernel side ({backend}): {e}; run `diffuzz doctor` to see what is missing") from None
+
+
+def _independent_factory(deadline: float) -> Callable[[], Any]:
+    def make() -> Any:
+        from kernel_runner.pool import KernelPool
+
+        return KernelPool(jobs=1, backend="bcc", deadline=max(deadline, 30.0))
+
+    return make
+
+
+class _StopOnSignal:
+    """SIGINT and SIGTERM ask the engine to stop after the current case (everything found so
+    far is already on disk); a second Ctrl-C stops at once."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopOnSignal:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.engine.stop and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.engine.stop = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+
+
+@click.command("fuzz")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Stop after S seconds.")
+@click.option("--cases", "n_cases", type=click.IntRange(min=1), help="Stop after N cases.")
+@click.option("--seed", type=click.IntRange(min=0, max=(1 << 32) - 1), default=None,
+              help="Seed of the case stream (default: from the clock, printed).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Kernel workers (default: one per core).")
+@click.option("--workdir", type=click.Path(file_okay=False), default="corpus", show_default=True,
+              help="Corpus root: findings go to DIR/findings/<bucket>/.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="interp", show_default=True,
+              help="Kernel program backend.")
+@click.option("--deadline", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds before a kernel case counts as a hang.")
+@click.option("--minimize-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Time budget for minimizing one new finding.")
+def fuzz(duration: float | None, n_cases: int | None, seed: int | None, jobs: int | None, workdir: str,
+         backend: str, deadline: float, minimize_seconds: float) -> int:
+    """Differential fuzzing: random cases on the kernel and on the model, every difference
+    confirmed, minimized and saved under WORKDIR/findings/."""
+    from diffuzz.confirm import Independent
+    from diffuzz.corpus import Corpus
+    from diffuzz.engine import Engine, FuzzConfig
+    from diffuzz.status import Status
+
+    if seed is None:
+        seed = int(time.time()) & 0xFFFF_FFFF
+    model = _model()
+    pool = _pool(jobs or (os.cpu_count() or 1), backend, deadline)
+    corpus = Corpus(workdir)
+    corpus.remove_stale_tmp()
+    status = Status()
+    independent = Independent(_independent_factory(deadline))
+    engine = Engine(FuzzConfig(seed=seed, cases=n_cases, duration=duration, minimize_seconds=minimize_seconds),
+                    pool, model, corpus, independent, on_event=status.update)
+    status.console.print(f"diffuzz fuzz: seed {seed}, {pool.jobs} kernel worker(s), backend {backend}, "
+                         f"findings in {corpus.findings}/")
+    try:
+        with _StopOnSignal(engine):
+            stats = engine.run()
+    finally:
+        independent.close()
+        pool.close()
+    status.close(stats, str(corpus.findings))
+    return 0
+
+
+@click.command("minimize")
+@click.argument("case_path", metavar="CASE", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the result.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="interp", show_default=True)
+@click.option("--deadline", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
+@click.option("--max-seconds", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              help="Stop minimizing after this long and keep the best so far.")
+def minimize(case_path: str, output: str, backend: str, deadline: float, max_seconds: float) -> int:
+    """Shrink a CASE whose kernel and model outcomes differ, keeping the same differing
+    fields, and write the smallest case found to OUT."""
+    from diffuzz.cli import BadInput, load_or_fail
+    from diffuzz.compare import compare
+    from diffuzz.corpus import format_diff, write_atomic
+    from diffuzz.generate import zone_violation
+    from diffuzz.minimize import complexity
+    from diffuzz.minimize import minimize as run_minimizer
+    from diffuzz.signature import diff_kinds
+
+    case = load_or_fail(case_path)
+    model = _model()
+    pool = _pool(1, backend, deadline)
+    try:
+        k = pool.run(case)
+        if "error" in k.notes:
+            raise BadInput(f"{case_path}: the kernel side could not run it: {k.notes['error']}")
+        kinds = diff_kinds(compare(k, model(case)))
+        if not kinds:
+            raise BadInput(f"{case_path}: kernel and model agree on this case; there is nothing to minimize")
+
+        def same(c: Case) -> bool:
+            kc = pool.run(c)
+            return "error" not in kc.notes and diff_kinds(compare(kc, model(c))) == kinds
+
+        # A case inside the deterministic zone stays inside it while shrinking (no walk into a
+        # kernel hang); a case outside it is shrunk without that limit.
+        outside = zone_violation(case)
+        if outside:
+            click.echo(f"note: {case_path} is outside the deterministic zone ({outside}); shrinking without it")
+
+        def in_zone(c: Case) -> bool:
+            return zone_violation(c) is None
+
+        small, st = run_minimizer(case, same, max_seconds=max_seconds, admissible=None if outside else in_zone)
+        write_atomic(output, small.to_json() + "\n")
+        k2 = pool.run(small)
+    finally:
+        pool.close()
+    before, after = complexity(case), complexity(small)
+    click.echo(f"minimized {case_path} -> {output} in {st.seconds:.1f} s ({st.calls} runs"
+               f"{', time limit hit' if st.timed_out else ''})")
+    click.echo(f"  events {before[0]} -> {after[0]}, steps {before[1]} -> {after[1]}, step lists {before[2]} -> "
+               f"{after[2]}, inserts {before[3]} -> {after[3]}, pairs {before[4]} -> {after[4]}")
+    click.echo(f"  differing fields: {', '.join(sorted(kinds))}")
+    click.echo(format_diff(small, compare(k2, model(small))), nl=False)
+    return 0

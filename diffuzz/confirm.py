@@ -1,0 +1,84 @@
+"""Confirmation: a mismatch counts only if it happens again, and not because of our own backend.
+
+1. Re-run: the case runs again on fresh sockets (every kernel run builds its own pairs and map,
+   docs/execution.md) and on the model.  If the difference signature is not the same, the
+   mismatch depended on timing or state we do not control: it is counted as flaky and not saved.
+2. Independent backend: a reproduced case (normally the minimized one) runs on the bcc backend
+   (per-case C, compiled by bcc: no shared code with the interpreter program), so a finding is
+   never caused by the interpreter itself.  If bcc cannot run here the finding says so and is
+   saved anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from diffuzz.case import Case
+from diffuzz.compare import Difference, compare
+from diffuzz.outcome import Outcome
+from diffuzz.signature import Kinds, diff_kinds
+
+
+class Runner(Protocol):
+    def run(self, case: Case) -> Outcome: ...
+
+
+@dataclass(frozen=True)
+class Rerun:
+    reproduced: bool
+    kernel: Outcome
+    model: Outcome
+    differences: tuple[Difference, ...]
+
+
+def rerun(case: Case, kinds: Kinds, kernel: Runner, model: Callable[[Case], Outcome]) -> Rerun:
+    k = kernel.run(case)
+    m = model(case)
+    diffs = tuple(compare(k, m))
+    # A kernel run that failed (notes["error"], kernel_runner.pool.is_error) observed nothing.
+    return Rerun("error" not in k.notes and diff_kinds(diffs) == kinds, k, m, diffs)
+
+
+class Independent:
+    """The independent backend, opened on first use and kept for the run.
+
+    `factory` builds the runner (normally KernelPool(jobs=1, backend="bcc", ...)); any failure to
+    build or run it makes the backend "unavailable" with the reason, once, for the whole run.
+    """
+
+    def __init__(self, factory: Callable[[], Any] | None) -> None:
+        self.factory = factory
+        self.runner: Any = None
+        self.unavailable: str | None = None if factory else "no independent backend configured"
+
+    def check(self, case: Case, kinds: Kinds, model_outcome: Outcome) -> str:
+        """A sentence for the finding: what the independent backend saw on this case."""
+        if self.unavailable:
+            return f"unavailable: {self.unavailable}"
+        try:
+            if self.runner is None:
+                self.runner = self.factory()  # type: ignore[misc]
+            k = self.runner.run(case)
+            if "error" in k.notes:
+                raise RuntimeError(str(k.notes["error"]))
+        except Exception as e:  # bcc missing, headers missing, compile error: say which
+            self.unavailable = f"{type(e).__name__}: {e}".strip()
+            self.close()
+            return f"unavailable: {self.unavailable}"
+        got = diff_kinds(compare(k, model_outcome))
+        if got == kinds:
+            return "bcc backend shows the same difference (confirmed)"
+        if not got:
+            return "bcc backend AGREES with the model: suspect the interpreter backend, not the kernel"
+        return f"bcc backend differs from the model in other fields: {', '.join(sorted(got))}"
+
+    def close(self) -> None:
+        runner, self.runner = self.runner, None
+        close = getattr(runner, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                pass

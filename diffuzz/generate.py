@@ -1,0 +1,487 @@
+"""The structured case generator: choices (diffuzz/choice.py) in, a valid Case out.
+
+One function, `generate(chooser, config)`, serves every engine: the seeded random engine
+(`random_case`, `standard_mix`, `case_stream`), atheris (BytesChooser) and Hypothesis
+(diffuzz/strategies.py).  It never builds an invalid case: every Case it returns survives the
+JSON round trip through diffuzz.case.
+
+What the distribution reaches (checked by tests/unit/test_generate.py): every helper and every
+event kind in any order and repetition; helper arguments at the boundaries (0, 1, size-1,
+size, size+1, 2^31, 2^32-1, u64 values); programs that change across invocations; apply and
+cork spanning several sends; redirects to every endpoint (the sender itself included), ingress
+and egress, missing keys and keys >= the map size; SOCKMAP and SOCKHASH; IPv4 and IPv6; every
+send kind; recv, peek, FIONREAD, close with FIN or RST, shutdown, map delete and re-insert,
+detach and attach between sends.
+
+The deterministic zone (spec §10).  By default (`GenConfig.deterministic`) cases stay where the
+kernel's result does not depend on timing, memory layout or allocation luck, so a difference is
+a finding and not noise.  Each restriction, and the §10 row it answers:
+- Total bytes sent per case <= 40 KiB (`max_total_bytes`): every message, corked totals
+  included, plus at most 6 pushes of 4 KiB stays <= 64 KiB (ENOSPC chunking row), and the bytes
+  in flight toward any one receiver stay <= 64 KiB (back-pressure row: blocking sends never
+  wait, MSG_DONTWAIT never returns a partial count).
+- push_data len <= 4096, or so large (>= 8 MiB after the u32 cut) that the allocation always
+  fails (§6.5: between the two, GFP_ATOMIC allocations may fail at random).
+- At most 6 push/pop steps in the whole program, and the last step list (which repeats for
+  every later run, `Case.invocation`) pushes or pops only when every message gets exactly one
+  run: no cork_bytes anywhere and every apply_bytes either 0 or larger than anything the case
+  sends.  Otherwise a small apply re-runs the program on the rest of the message and a push in
+  each run would grow the message for ever (a kernel loop, not a finding) or pass 17 ring
+  elements (ring-full corners row).
+- At most 64 program runs from apply_bytes windows: every nonzero apply_bytes a has
+  (bytes sent + bytes pushed) / a <= 64.  Each run under a small apply hands TCP a tiny segment
+  with MSG_MORE (§5.1); thousands of them exhaust the send buffer's memory accounting and the
+  send blocks for good (measured: apply(1) with a push of 3692 bytes hung the worker), and runs
+  past MAX_RUN_RECORDS (64) are not compared anyway.  The generator keeps small applies (the
+  boundary 1 matters) by shrinking the sends, or raises the apply value.
+- At most 8 sends per sending socket (corked appends per cork <= 8).
+- No sockopts: SO_SNDBUF / SO_RCVBUF change when back-pressure starts (back-pressure row).
+- fresh_thread stays True: every send from a new thread pins the page-frag layout, so the model
+  can predict data_end - data (§2.2, first row).
+- Receives may sit between sends: the runner pushes pending TCP frames and lets loopback settle
+  before every recv/fionread (docs/execution.md), which removes the recv-timing row.
+With `deterministic=False` these limits are lifted (sizes up to the format's limits,
+sockopts); use it only with a VM backend or to hunt crashes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from diffuzz.case import (
+    BPF_F_INGRESS,
+    LAST_RC,
+    MAX_SEND,
+    SEND_TYPES,
+    SK_DROP,
+    SK_PASS,
+    U32,
+    U64,
+    ApplyBytes,
+    Attach,
+    Case,
+    Close,
+    CorkBytes,
+    Detach,
+    Event,
+    Fionread,
+    Invocation,
+    MapDelete,
+    MapEntry,
+    MapInsert,
+    MapSpec,
+    Payload,
+    PopData,
+    PullData,
+    PushData,
+    Recv,
+    Redirect,
+    Send,
+    SendFile,
+    SendMsg,
+    Shutdown,
+    SockOpt,
+    Splice,
+    Step,
+    Write,
+)
+from diffuzz.choice import Chooser, RandomChooser, WeightTable
+
+PUSH_DETERMINISTIC_MAX = 4096  # spec §6.5 / §10: larger pushes may fail with -ENOMEM at random
+PUSH_ALWAYS_FAILS = 8 << 20  # above 4 MiB the page block allocation always fails (§6.5)
+PUSHPOP_MAX = 6  # spec §10: push plus pop calls per message
+APPLY_RUNS_MAX = 64  # runs an apply_bytes window may cause (module docstring); = outcome.MAX_RUN_RECORDS
+SENDS_PER_SENDER_MAX = 8  # spec §10: corked appends per cork
+
+
+@dataclass(frozen=True)
+class GenConfig:
+    """Ranges the generator draws from (inclusive)."""
+
+    pairs: tuple[int, int] = (1, 3)
+    invocations: tuple[int, int] = (1, 4)
+    steps: tuple[int, int] = (0, 4)  # per invocation
+    sends: tuple[int, int] = (1, 8)
+    send_len: tuple[int, int] = (1, 4000)
+    big_send_p: float = 0.05  # a send of up to 33000 bytes: more than one 32 KiB page, two elements
+    zero_send_p: float = 0.02  # a 0-byte send (returns 0, runs no program, spec §3.1)
+    others: tuple[int, int] = (0, 5)  # non-send events between and after the sends
+    deterministic: bool = True  # stay inside the spec §10 zone (module docstring)
+    max_total_bytes: int = 40 * 1024
+
+
+DEFAULT = GenConfig()
+# The benchmarks' standard mix: 2 pairs, 1-4 steps per run, 5 sends of 1-4000 bytes.
+STANDARD_MIX = GenConfig(pairs=(2, 2), steps=(1, 4), sends=(5, 5), send_len=(1, 4000), big_send_p=0.0,
+                         zero_send_p=0.0, others=(0, 2))
+
+# Option tables, simplest option first (the chooser contract, diffuzz/choice.py).
+_STEP_KINDS = WeightTable([("apply", 3), ("cork", 2), ("redirect", 4), ("push", 3), ("pop", 3),
+                           ("pull", 2), ("write", 1)])
+_VERDICTS = WeightTable([(SK_PASS, 12), (LAST_RC, 4), (SK_DROP, 2), (2, 1), (U32, 1)])
+_SEND_KINDS = WeightTable([("send", 6), ("sendmsg", 3), ("sendfile", 1), ("splice", 1)])
+_OTHER_KINDS = WeightTable([("recv", 5), ("fionread", 2), ("close", 1), ("shutdown", 1), ("map_delete", 2),
+                            ("map_insert", 2), ("detach", 1), ("attach", 1)])
+_REDIRECT_FLAGS = WeightTable([(0, 5), (BPF_F_INGRESS, 5), (2, 1), (3, 1)])
+_INSERT_FLAGS = WeightTable([(0, 6), (1, 1), (2, 1), (3, 1)])  # BPF_ANY, NOEXIST, EXIST, invalid
+_SHUT = ("SHUT_WR", "SHUT_RD", "SHUT_RDWR")
+# Helper argument classes: boundaries relative to a message size the program may see, and
+# the u32/u64 edges where the kernel's truncations and overflow checks live (spec §0.3).
+_ARG_CLASS = WeightTable([(0, 3), (1, 2), (2, 4), (3, 3), (4, 3), (5, 5), (6, 3), (7, 1), (8, 1), (9, 1), (10, 1),
+                          (11, 1)])
+# Classes 0..6: 0, 1, size, size-1, size+1, 0..size, 2..16; then fixed edges; 11: any u64.
+_ARG_FIXED = (0, 1, 0, 0, 0, 0, 0, 1 << 31, U32, 1 << 32, U64)
+_PUSHPOP = (PushData, PopData)
+_SEND_FLAGS = (("MSG_MORE", 0.08), ("MSG_DONTWAIT", 0.1), ("MSG_NOSIGNAL", 0.1), ("MSG_EOR", 0.04))
+
+
+def _arg(ch: Chooser, sizes: list[int]) -> int:
+    """A helper argument (u64 register), biased to the boundaries of a plausible msg->size."""
+    cls = ch.weighted(_ARG_CLASS)
+    if 2 <= cls <= 5:
+        s = ch.choose(sizes)
+        if cls == 2:
+            return s
+        if cls == 3:
+            return s - 1 if s else 0
+        if cls == 4:
+            return s + 1
+        return ch.draw_int(0, s)
+    if cls == 6:
+        return ch.draw_int(2, 16)
+    if cls == 11:
+        return ch.draw_int(0, U64)
+    return _ARG_FIXED[cls]
+
+
+def _push_len(ch: Chooser, sizes: list[int], deterministic: bool) -> int:
+    n = _arg(ch, sizes)
+    low = n & U32
+    if deterministic and PUSH_DETERMINISTIC_MAX < low < PUSH_ALWAYS_FAILS:
+        # Between 4 KiB and 4 MiB the kernel's atomic allocation may or may not succeed.
+        return n & 0xFFF
+    return n
+
+
+class _Builder:
+    """State of one case under construction (which endpoints are closed, which keys are used)."""
+
+    def __init__(self, ch: Chooser, cfg: GenConfig) -> None:
+        self.ch = ch
+        self.cfg = cfg
+
+    def build(self) -> Case:
+        ch, cfg = self.ch, self.cfg
+        family = "ipv6" if ch.draw_bool(0.5) else "ipv4"
+        map_type = "sockhash" if ch.draw_bool(0.5) else "sockmap"
+        pairs = ch.draw_int(*cfg.pairs)
+        eps = tuple(f"{side}{i}" for i in range(pairs) for side in ("c", "p"))
+        n = len(eps)
+        # Map size: usually exactly the endpoints; sometimes roomy, one short, or a single slot.
+        size = (n, n, n, n, 16, 16, 1, max(1, n - 1), n + 1)[ch.draw_int(0, 8)]
+        self.eps, self.size, self.map_type = eps, size, map_type
+        inserts, keys = self._inserts(eps, size, map_type)
+        self.keys = keys
+        in_map = [e.ep for e in inserts] or list(eps)
+        events, sizes = self._events(eps, in_map)
+        program = self._program(sizes, keys, size)
+        if cfg.deterministic:
+            events, program = self._zone_runs(events, program)
+        pattern = "random" if ch.draw_bool(0.3) else "alphabet"
+        sockopts: tuple[SockOpt, ...] = ()
+        if not cfg.deterministic and ch.draw_bool(0.2):
+            sockopts = (SockOpt(ch.choose(eps), sndbuf=ch.draw_int(1, 1 << 20), rcvbuf=ch.draw_int(1, 1 << 20)),)
+        return Case(
+            pairs=pairs,
+            map=MapSpec(map_type, size),
+            inserts=inserts,
+            program=program,
+            events=events,
+            family=family,
+            payload=Payload(pattern, ch.draw_int(0, 1 << 16)),
+            sockopts=sockopts,
+        )
+
+    # ---- topology ---------------------------------------------------------------------
+
+    def _inserts(self, eps: tuple[str, ...], size: int, map_type: str) -> tuple[tuple[MapEntry, ...], list[int]]:
+        ch = self.ch
+        out: list[MapEntry] = []
+        keys: list[int] = []
+        next_key = 0
+        for ep in eps:
+            if not ch.draw_bool(0.85):
+                continue  # an endpoint outside the map: plain TCP, and a redirect target that misses
+            r = ch.draw_int(0, 19)
+            if r < 16:
+                key = next_key  # the usual: the next free slot
+            elif r < 18:
+                key = ch.draw_int(0, size + 1)  # may replace an occupied key, or be >= size (E2BIG)
+            elif r < 19:
+                key = U32
+            else:
+                key = next_key + 100 if map_type == "sockhash" else size  # sockmap: E2BIG
+            next_key = max(next_key, key + 1) if key < size else next_key
+            out.append(MapEntry(key, ep))
+            keys.append(key)
+            if ch.draw_bool(0.03):
+                out.append(MapEntry((key + 1) & U32, ep))  # the same socket twice: EBUSY (spec §1.1)
+        return tuple(out), keys
+
+    # ---- events -----------------------------------------------------------------------
+
+    def _events(self, eps: tuple[str, ...], in_map: list[str]) -> tuple[tuple[Event, ...], list[int]]:
+        ch, cfg = self.ch, self.cfg
+        n_sends = ch.draw_int(*cfg.sends)
+        n_others = ch.draw_int(*cfg.others)
+        budget = cfg.max_total_bytes if cfg.deterministic else MAX_SEND * 4
+        per_sender: dict[str, int] = {}
+        sizes: list[int] = []
+        events: list[Event] = []
+        while n_sends or n_others:
+            # Interleave: the share of sends left decides what comes next.
+            if n_sends and (not n_others or ch.draw_int(0, n_sends + n_others - 1) < n_sends):
+                n_sends -= 1
+                ep = ch.choose(in_map) if ch.draw_bool(0.92) else ch.choose(eps)
+                if cfg.deterministic and per_sender.get(ep, 0) >= SENDS_PER_SENDER_MAX:
+                    continue
+                ev = self._send(ep, budget)
+                if ev is None:
+                    continue
+                per_sender[ep] = per_sender.get(ep, 0) + 1
+                n = ev.size
+                budget -= n
+                if n:
+                    sizes.append(n)
+                events.append(ev)
+            else:
+                n_others -= 1
+                events.append(self._other(eps))
+        if not sizes:
+            sizes.append(ch.draw_int(1, 16))
+        # The program sees sums of sends too (corked messages, leftover applies).
+        if len(sizes) > 1:
+            sizes.append(sizes[0] + sizes[1])
+        return tuple(events), sizes
+
+    def _send(self, ep: str, budget: int) -> Event | None:
+        ch, cfg = self.ch, self.cfg
+        # (A probability of 0 draws nothing: the standard mix is on the benchmarks' hot path.)
+        if cfg.zero_send_p and ch.draw_bool(cfg.zero_send_p):
+            n = 0
+        elif cfg.big_send_p and ch.draw_bool(cfg.big_send_p):
+            n = ch.draw_int(32768 - 64, 33000)
+        else:
+            n = ch.draw_int(*cfg.send_len)
+        if n > budget:
+            if budget <= 0:
+                return None
+            n = budget
+        kind = ch.weighted(_SEND_KINDS)
+        if kind == "send":
+            return Send(ep, n, self._flags())
+        if kind == "sendmsg":
+            k = ch.draw_int(1, 4)
+            cuts = sorted(ch.draw_int(0, n) for _ in range(k - 1))
+            iov = tuple(b - a for a, b in zip([0, *cuts], [*cuts, n], strict=True))
+            return SendMsg(ep, iov, self._flags())
+        if kind == "sendfile":
+            return SendFile(ep, n)
+        flags = tuple(f for f, p in (("SPLICE_F_MORE", 0.1), ("SPLICE_F_NONBLOCK", 0.1)) if ch.draw_bool(p))
+        return Splice(ep, min(n, 1 << 16), flags)
+
+    def _flags(self) -> tuple[str, ...]:
+        ch = self.ch
+        if not ch.draw_bool(0.25):
+            return ()
+        return tuple(name for name, p in _SEND_FLAGS if ch.draw_bool(p * 4))
+
+    def _other(self, eps: tuple[str, ...]) -> Event:
+        ch = self.ch
+        kind = ch.weighted(_OTHER_KINDS)
+        if kind == "recv":
+            n = ch.choose((65536, 1, ch.draw_int(2, 64), 0, ch.draw_int(1, 4096)))
+            return Recv(ch.choose(eps), n, ch.draw_bool(0.25))
+        if kind == "fionread":
+            return Fionread(ch.choose(eps))
+        if kind == "close":
+            return Close(ch.choose(eps), ch.draw_bool(0.5))
+        if kind == "shutdown":
+            return Shutdown(ch.choose(eps), ch.choose(_SHUT))
+        if kind == "map_delete":
+            return MapDelete(self._key())
+        if kind == "map_insert":
+            return MapInsert(self._key(), ch.choose(eps), ch.weighted(_INSERT_FLAGS))
+        if kind == "detach":
+            return Detach()
+        return Attach()
+
+    def _key(self) -> int:
+        """A map key: mostly one in use, else a free one, one >= the map size, or u32 max."""
+        ch = self.ch
+        r = ch.draw_int(0, 9)
+        if r < 6 and self.keys:
+            return ch.choose(self.keys)
+        if r < 8:
+            return ch.draw_int(0, self.size - 1)
+        if r < 9:
+            return self.size
+        return U32
+
+    # ---- program ----------------------------------------------------------------------
+
+    def _program(self, sizes: list[int], keys: list[int], size: int) -> tuple[Invocation, ...]:
+        ch, cfg = self.ch, self.cfg
+        lists = [[self._step(sizes) for _ in range(ch.draw_int(*cfg.steps))]
+                 for _ in range(ch.draw_int(*cfg.invocations))]
+        if cfg.deterministic:
+            self._zone_pushpop(lists)
+        return tuple(Invocation(tuple(steps), ch.weighted(_VERDICTS)) for steps in lists)
+
+    def _zone_pushpop(self, lists: list[list[Step]]) -> None:
+        """Apply the push/pop rule of the deterministic zone (module docstring)."""
+        big = self.cfg.max_total_bytes + PUSHPOP_MAX * PUSH_DETERMINISTIC_MAX
+        one_run_per_message = not any(
+            isinstance(s, CorkBytes) or (isinstance(s, ApplyBytes) and 0 < s.bytes & U32 < big)
+            for steps in lists
+            for s in steps
+        )
+        if not one_run_per_message:
+            lists[-1][:] = [s for s in lists[-1] if not isinstance(s, _PUSHPOP)]
+        seen = 0
+        for steps in lists:
+            kept = []
+            for s in steps:
+                if isinstance(s, _PUSHPOP):
+                    seen += 1
+                    if seen > PUSHPOP_MAX:
+                        continue
+                kept.append(s)
+            steps[:] = kept
+
+    def _zone_runs(self, events: tuple[Event, ...], program: tuple[Invocation, ...]
+                   ) -> tuple[tuple[Event, ...], tuple[Invocation, ...]]:
+        """Apply the apply_bytes run bound of the deterministic zone (module docstring)."""
+        applies = [s.bytes & U32 for inv in program for s in inv.steps if isinstance(s, ApplyBytes)]
+        a = min((x for x in applies if x), default=0)
+        if not a:
+            return events, program
+        pushed = _pushed_bytes(program)
+        sent = sum(e.size for e in events if isinstance(e, SEND_TYPES))
+        room = APPLY_RUNS_MAX * a
+        if sent + pushed <= room:
+            return events, program
+        if room > pushed and self.ch.draw_bool(0.5):
+            # Keep the small apply; cut every send down in proportion (a send stays >= 1 byte).
+            budget = room - pushed
+            cut = tuple(_resized(e, max(1, e.size * budget // sent)) if isinstance(e, SEND_TYPES) and e.size else e
+                        for e in events)
+            if sum(e.size for e in cut if isinstance(e, SEND_TYPES)) <= budget:
+                return cut, program
+        floor = -(-(sent + pushed) // APPLY_RUNS_MAX)
+        return events, tuple(
+            Invocation(tuple(ApplyBytes(floor) if isinstance(s, ApplyBytes) and 0 < s.bytes & U32 < floor else s
+                             for s in inv.steps), inv.verdict)
+            for inv in program)
+
+    def _step(self, sizes: list[int]) -> Step:
+        ch = self.ch
+        kind = ch.weighted(_STEP_KINDS)
+        if kind == "apply":
+            return ApplyBytes(_arg(ch, sizes))
+        if kind == "cork":
+            return CorkBytes(_arg(ch, sizes))
+        if kind == "redirect":
+            r = ch.draw_int(0, 9)
+            if r < 7 and self.keys:
+                key = ch.choose(self.keys)
+            elif r < 8:
+                key = ch.draw_int(0, self.size + 1)  # a missing key, or one >= the map size
+            elif r < 9:
+                key = self.size
+            else:
+                key = U32
+            return Redirect(key, ch.weighted(_REDIRECT_FLAGS))
+        flags = 0 if ch.draw_bool(0.95) else ch.choose((1, U64))
+        if kind == "push":
+            return PushData(_arg(ch, sizes), _push_len(ch, sizes, self.cfg.deterministic), flags)
+        if kind == "pop":
+            return PopData(_arg(ch, sizes), _arg(ch, sizes), flags)
+        if kind == "pull":
+            return PullData(_arg(ch, sizes), _arg(ch, sizes), flags)
+        n = ch.draw_int(1, 16)
+        return Write(ch.draw_int(0, min(sizes) + 1), ch.draw_int(0, (1 << 8 * n) - 1).to_bytes(n, "little"))
+
+
+def _pushed_bytes(program: tuple[Invocation, ...]) -> int:
+    """The most bytes the program's pushes can add (a push above 4 KiB fails in the zone)."""
+    n = 0
+    for inv in program:
+        for s in inv.steps:
+            if isinstance(s, PushData) and not s.flags and s.len & U32 <= PUSH_DETERMINISTIC_MAX:
+                n += s.len & U32
+    return n
+
+
+def _resized(e: Event, n: int) -> Event:
+    if isinstance(e, SendMsg):
+        iov = list(e.iov)
+        total = 0
+        for i, x in enumerate(iov):
+            iov[i] = min(x, n - total)
+            total += iov[i]
+        return replace(e, iov=tuple(iov))
+    return replace(e, len=n)
+
+
+def zone_violation(case: Case, config: GenConfig = DEFAULT) -> str | None:
+    """Which rule of the deterministic zone (module docstring) the case breaks, or None.
+
+    The generator never breaks one; the minimizer uses this to stay inside the zone, because
+    deleting a step list or shrinking a number can leave it (a push in the repeating last
+    step list, an apply of 1 over thousands of bytes: kernel hangs, not findings)."""
+    if case.sockopts:
+        return "sockopts"
+    if not case.fresh_thread:
+        return "fresh_thread is off"
+    sends = [e for e in case.events if isinstance(e, SEND_TYPES)]
+    sent = sum(e.size for e in sends)
+    if sent > config.max_total_bytes:
+        return f"{sent} bytes sent, more than {config.max_total_bytes}"
+    for ep in case.endpoints():
+        if sum(1 for e in sends if e.ep == ep) > SENDS_PER_SENDER_MAX:
+            return f"more than {SENDS_PER_SENDER_MAX} sends from {ep}"
+    steps = [s for inv in case.program for s in inv.steps]
+    if sum(isinstance(s, _PUSHPOP) for s in steps) > PUSHPOP_MAX:
+        return f"more than {PUSHPOP_MAX} push/pop steps"
+    for s in steps:
+        if isinstance(s, PushData) and PUSH_DETERMINISTIC_MAX < s.len & U32 < PUSH_ALWAYS_FAILS:
+            return f"push_data len {s.len & U32} may or may not be allocated"
+    big = config.max_total_bytes + PUSHPOP_MAX * PUSH_DETERMINISTIC_MAX
+    if any(isinstance(s, _PUSHPOP) for s in case.program[-1].steps) and any(
+            isinstance(s, CorkBytes) or (isinstance(s, ApplyBytes) and 0 < s.bytes & U32 < big) for s in steps):
+        return "push/pop in the repeating last step list with a cork or a small apply"
+    a = min((s.bytes & U32 for s in steps if isinstance(s, ApplyBytes) and s.bytes & U32), default=0)
+    if a and sent + _pushed_bytes(case.program) > APPLY_RUNS_MAX * a:
+        return f"apply_bytes {a} over {sent + _pushed_bytes(case.program)} bytes: more than {APPLY_RUNS_MAX} runs"
+    return None
+
+
+def generate(ch: Chooser, config: GenConfig = DEFAULT) -> Case:
+    """One case from the chooser's decisions."""
+    return _Builder(ch, config).build()
+
+
+def case_seed(seed: int, index: int) -> int:
+    """The RandomChooser seed of case `index` of a run seeded `seed`: each case is
+    reproducible on its own from (seed, index)."""
+    return (seed << 32) ^ index
+
+
+def random_case(seed: int, index: int = 0, config: GenConfig = DEFAULT) -> Case:
+    return generate(RandomChooser(case_seed(seed, index)), config)
+
+
+def standard_mix(seed: int, index: int = 0) -> Case:
+    """The benchmarks' standard case: 2 pairs, 1-4 steps per run, 5 sends of 1-4000 bytes."""
+    return generate(RandomChooser(case_seed(seed, index)), STANDARD_MIX)

@@ -1,0 +1,83 @@
+"""The live status of a fuzz run (rich), and its final summary.
+
+On a terminal: one line, redrawn four times a second.  Elsewhere (CI logs, pipes): the same
+line printed every `log_every` seconds, so a log shows progress without a flood.
+"""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from diffuzz.engine import FuzzStats
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def status_text(st: FuzzStats) -> Text:
+    since = "never" if st.last_new is None else f"{_hms(time.monotonic() - st.last_new)} ago"
+    t = Text()
+    t.append(f"cases {st.cases:,}", style="bold")
+    t.append(f"  {st.rate():,.0f}/s")
+    t.append("  findings ")
+    t.append(f"{st.findings}", style="bold red" if st.findings else "")
+    t.append(f" ({len(st.unique)} unique, {len(st.new_buckets)} new)")
+    if st.flaky:
+        t.append(f"  flaky {st.flaky}", style="yellow")
+    if st.kernel_errors:
+        t.append(f"  kernel errors {st.kernel_errors}", style="bold magenta")
+    if st.model_errors:
+        t.append(f"  model errors {st.model_errors}", style="bold magenta")
+    t.append(f"  last new finding: {since}")
+    t.append(f"  elapsed {_hms(st.elapsed())}")
+    return t
+
+
+class Status:
+    def __init__(self, console: Console | None = None, log_every: float = 10.0) -> None:
+        self.console = console or Console(stderr=True)
+        self.log_every = log_every
+        self._last_log = 0.0
+        self._live: Live | None = None
+        if self.console.is_terminal:
+            self._live = Live(Text("starting..."), console=self.console, refresh_per_second=4, transient=False)
+            self._live.start()
+
+    def update(self, what: str, st: FuzzStats) -> None:
+        if self._live is not None:
+            self._live.update(status_text(st))
+            return
+        now = time.monotonic()
+        if what == "finding" or now - self._last_log >= self.log_every:
+            self._last_log = now
+            self.console.print(status_text(st), soft_wrap=True)
+
+    def close(self, st: FuzzStats, findings_dir: str) -> None:
+        if self._live is not None:
+            self._live.update(status_text(st))
+            self._live.stop()
+        self.console.print(summary_table(st, findings_dir))
+
+
+def summary_table(st: FuzzStats, findings_dir: str) -> Table:
+    t = Table(title="diffuzz fuzz: summary", show_header=False)
+    t.add_column(justify="right", style="bold")
+    t.add_column()
+    t.add_row("cases", f"{st.cases:,} in {_hms(st.elapsed())} ({st.rate():,.0f}/s)")
+    t.add_row("mismatches", f"{st.mismatches} seen, {st.findings} reproduced, {st.flaky} flaky")
+    t.add_row("buckets", f"{len(st.unique)} hit, {len(st.new_buckets)} new")
+    for name in st.new_buckets:
+        t.add_row("new", f"{findings_dir}/{name}")
+    if st.model_errors:
+        t.add_row("model errors", f"{st.model_errors} (cases saved under model-errors/)")
+    if st.kernel_errors:
+        t.add_row("kernel errors", f"{st.kernel_errors} (cases saved under kernel-errors/)")
+    t.add_row("minimizing", f"{st.minimize_seconds:.1f} s")
+    return t

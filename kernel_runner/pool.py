@@ -1,0 +1,350 @@
+"""A pool of long-lived kernel workers (kernel_runner/worker.py), one case in flight at a time
+per worker (plus `depth - 1` queued in its pipe, so a worker never waits for the pool).
+
+    with KernelPool(jobs=2, backend="interp", deadline=10.0) as pool:
+        outcome = pool.run(case)
+        for outcome in pool.imap(cases):   # every worker busy, outcomes in input order
+            ...
+
+What comes back for a case is always an Outcome (side "kernel"):
+- a normal outcome, notes {"kernel", "backend", "elapsed_us"};
+- a hang: the worker did not answer within `deadline` seconds of starting the case.  It is
+  killed by its pid (SIGKILL) and replaced; the outcome has hang=True, no observations, and
+  notes["hang"] says why.  compare.py reports it as a difference in `hang`;
+- an error: the worker raised while running the case (bad case, backend failure), or the
+  worker died (exit, signal) while running it, or answered something that is not an
+  outcome.  The outcome has hang=False, no observations, and notes["error"] says what
+  happened.  A dead worker is replaced.  Callers must check `is_error(outcome)` before
+  comparing: an error outcome observed nothing, it is not a kernel behaviour.
+Cases queued behind a hung or dead worker's current case never ran; they are re-run on
+another worker.
+
+Start-up: a worker that cannot start (not root, no BPF, backend missing) answers {"fatal"}
+instead of {"ready"}; the pool raises KernelUnsupported with the worker's own message.
+
+Workers are pinned (pin=True): worker i runs on the i-th CPU this process may use, so each
+fresh send thread starts on the CPU of the thread that waits for it (executor.py).
+
+The pipe protocol is worker.py's: one JSON line each way per case.  The pool writes without
+blocking (a large case never deadlocks against a large outcome); outcomes are decoded by
+outcome.loads_outcome.
+
+Not thread-safe: one thread drives a pool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from diffuzz.case import Case
+from diffuzz.outcome import (
+    Outcome,
+    loads_outcome,
+)
+from kernel_runner.backend import KernelUnsupported
+
+PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
+START_TIMEOUT = 60.0  # a bcc backend imports bcc and LLVM at start-up: give it time
+CLOSE_TIMEOUT = 5.0
+
+
+def is_error(outcome: Outcome) -> bool:
+    """True for an outcome that observed nothing because the run failed (see the module doc)."""
+    return "error" in outcome.notes
+
+
+class _Worker:
+    """One worker subprocess and the pool's side of its pipes."""
+
+    def __init__(self, backend: str, cpu: int | None) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (PROJECT_ROOT, env.get("PYTHONPATH")) if p)
+        pin = [] if cpu is None else ["--cpu", str(cpu)]
+        self.cpu = cpu
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kernel_runner.worker", "--backend", backend, *pin],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env,
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.pid = self.proc.pid
+        self.rfd = self.proc.stdout.fileno()
+        self.wfd = self.proc.stdin.fileno()
+        self.rbuf = bytearray()
+        self.wbuf = bytearray()
+        self.inflight: deque[tuple[int, bytes]] = deque()  # (seq, case line), oldest = running
+        self.started = 0.0  # when the oldest in-flight case started (its deadline counts from here)
+        self.info: dict[str, Any] = {}
+
+    def wait_ready(self, timeout: float) -> None:
+        """Read the start-up line; KernelUnsupported if the worker cannot run cases."""
+        end = time.monotonic() + timeout
+        while b"\n" not in self.rbuf:
+            left = end - time.monotonic()
+            if left <= 0:
+                self.kill()
+                raise KernelUnsupported(f"kernel worker {self.pid} did not start within {timeout:g} s")
+            sel = selectors.DefaultSelector()
+            sel.register(self.rfd, selectors.EVENT_READ)
+            ready = sel.select(left)
+            sel.close()
+            if ready:
+                chunk = os.read(self.rfd, 65536)
+                if not chunk:
+                    status = self.reap()
+                    raise KernelUnsupported(f"kernel worker exited ({status}) before it was ready; see its stderr")
+                self.rbuf += chunk
+        line, _, rest = bytes(self.rbuf).partition(b"\n")
+        self.rbuf = bytearray(rest)
+        try:
+            hello = json.loads(line)
+        except ValueError:
+            hello = {"fatal": f"kernel worker said {line[:200]!r} instead of hello"}
+        if "ready" not in hello:
+            self.reap()
+            raise KernelUnsupported(str(hello.get("fatal", hello)))
+        self.info = hello["ready"]
+        os.set_blocking(self.rfd, False)
+        os.set_blocking(self.wfd, False)
+
+    def flush(self) -> None:
+        """Write as much of wbuf as the pipe takes without blocking."""
+        if self.wbuf:
+            try:
+                n = os.write(self.wfd, self.wbuf)
+            except BlockingIOError:
+                return
+            except BrokenPipeError:
+                self.wbuf.clear()  # the worker is gone; its stdout's EOF reports it (_died)
+                return
+            del self.wbuf[:n]
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.reap()
+
+    def reap(self) -> str:
+        """Wait for the process and close our pipe ends; how it ended, in words."""
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None:
+                f.close()
+        try:
+            code = self.proc.wait(timeout=CLOSE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.kill(self.pid, signal.SIGKILL)
+            code = self.proc.wait()
+        if code < 0:
+            return f"killed by {signal.Signals(-code).name}"
+        return f"exit status {code}"
+
+
+class KernelPool:
+    def __init__(self, jobs: int | None = None, backend: str = "interp", deadline: float = 10.0,
+                 depth: int = 2, pin: bool = True) -> None:
+        """jobs workers (default: one per CPU) of `backend`; `deadline` seconds per case; `depth`
+        cases in flight per worker; `pin` puts worker i on the i-th CPU this process may use."""
+        self.jobs = jobs if jobs is not None else (os.cpu_count() or 1)
+        if self.jobs < 1 or depth < 1 or deadline <= 0:
+            raise ValueError("KernelPool needs jobs >= 1, depth >= 1 and a positive deadline")
+        self.backend = backend
+        self.deadline = deadline
+        self.depth = depth
+        self.kernel_release = os.uname().release
+        self._sel = selectors.DefaultSelector()
+        self._workers: list[_Worker] = []
+        self._queue: deque[tuple[int, bytes]] = deque()  # cases waiting for a worker
+        self._results: dict[int, Outcome] = {}
+        self._seq = 0
+        cpus = sorted(os.sched_getaffinity(0))
+        self._cpus: list[int | None] = [cpus[i % len(cpus)] if pin else None for i in range(self.jobs)]
+        try:
+            starting = [_Worker(backend, cpu) for cpu in self._cpus]
+            self._workers = starting
+            for w in starting:
+                w.wait_ready(START_TIMEOUT)
+                self._sel.register(w.rfd, selectors.EVENT_READ, w)
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- public -------------------------------------------------------------------------
+
+    def run(self, case: Case) -> Outcome:
+        return next(self.imap([case]))
+
+    def imap(self, cases: Iterable[Case]) -> Iterator[Outcome]:
+        """Run cases on every worker at once; yield their outcomes in input order."""
+        it = iter(cases)
+        first = self._seq
+        nxt = first  # the next seq to yield
+        window = self.jobs * self.depth * 4  # results held for ordering, at most
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and self._seq - nxt < window and len(self._queue) < self.jobs * self.depth:
+                    try:
+                        case = next(it)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    self._queue.append((self._seq, case.to_json(indent=None).encode() + b"\n"))
+                    self._seq += 1
+                self._dispatch()
+                if nxt in self._results:
+                    outcome = self._results.pop(nxt)
+                    nxt += 1
+                    yield outcome
+                    continue
+                if exhausted and nxt == self._seq:
+                    return
+                self._pump()
+        finally:
+            # An abandoned iteration: finish what the workers hold so that no late answer is
+            # taken for a later case, and forget it.
+            self._queue.clear()
+            while any(w.inflight for w in self._workers):
+                self._pump()
+            for seq in [s for s in self._results if s >= first]:
+                del self._results[seq]
+
+    def pids(self) -> list[int]:
+        """The worker processes' pids (they change when a worker is replaced)."""
+        return [w.pid for w in self._workers]
+
+    def close(self) -> None:
+        """End every worker: EOF on its stdin ends its loop; one that does not exit is killed."""
+        for w in self._workers:
+            if w.proc.returncode is None:
+                try:
+                    self._sel.unregister(w.rfd)
+                except (KeyError, ValueError):
+                    pass
+                w.reap()
+        self._workers = []
+        self._sel.close()
+
+    def __enter__(self) -> KernelPool:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # ---- the event loop -------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        """Give queued cases to workers, filling every worker to one case before any gets two."""
+        for level in range(1, self.depth + 1):
+            for w in self._workers:
+                if self._queue and len(w.inflight) < level:
+                    seq, line = self._queue.popleft()
+                    if not w.inflight:
+                        w.started = time.monotonic()
+                    w.inflight.append((seq, line))
+                    w.wbuf += line
+                    w.flush()
+                    self._watch(w)
+
+    def _watch(self, w: _Worker) -> None:
+        """Watch w's stdin (its own fd) for room while bytes wait to be written to it."""
+        watched = w.wfd in self._sel.get_map()
+        if w.wbuf and not watched:
+            self._sel.register(w.wfd, selectors.EVENT_WRITE, w)
+        elif not w.wbuf and watched:
+            self._sel.unregister(w.wfd)
+
+    def _pump(self) -> None:
+        """Wait for one round of worker I/O (or a deadline) and handle it.
+
+        A worker is declared hung only if it is past its deadline and the select that just
+        returned found nothing from it: an answer that arrived while the caller was not
+        iterating is still in the pipe, and select sees it first."""
+        busy = [w for w in self._workers if w.inflight]
+        timeout = min((w.started + self.deadline - time.monotonic() for w in busy), default=None)
+        heard: set[_Worker] = set()
+        for key, _mask in self._sel.select(None if timeout is None else max(timeout, 0.0)):
+            w: _Worker = key.data
+            if w not in self._workers:
+                continue  # replaced earlier in this round
+            heard.add(w)
+            if key.fd == w.wfd:
+                w.flush()
+                self._watch(w)
+                continue
+            try:
+                chunk = os.read(w.rfd, 1 << 20)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                self._died(w)
+                continue
+            w.rbuf += chunk
+            self._answers(w)
+        now = time.monotonic()
+        for w in busy:
+            if w in self._workers and w not in heard and w.inflight and w.started + self.deadline <= now:
+                self._hung(w)
+
+    def _answers(self, w: _Worker) -> None:
+        while True:
+            end = w.rbuf.find(b"\n")
+            if end < 0:
+                return
+            line = bytes(w.rbuf[:end])
+            del w.rbuf[: end + 1]
+            if not w.inflight:
+                continue  # nothing asked: ignore
+            seq, _ = w.inflight.popleft()
+            w.started = time.monotonic()
+            try:
+                self._results[seq] = loads_outcome(line.decode())
+            except ValueError as e:
+                self._results[seq] = self._failed("error", f"worker {w.pid} answered something that is not an "
+                                                  f"outcome ({e}): {line[:200]!r}")
+
+    def _hung(self, w: _Worker) -> None:
+        self._replace(w, "hang", f"no answer within {self.deadline:g} s; worker {w.pid} was killed (SIGKILL) "
+                      "and replaced")
+
+    def _died(self, w: _Worker) -> None:
+        status = w.reap()
+        self._replace(w, "error", f"worker {w.pid} died ({status}) while running this case; it was replaced")
+
+    def _replace(self, w: _Worker, kind: str, why: str) -> None:
+        """Take w out, fail its current case, queue the cases behind it again, start a new worker."""
+        try:
+            self._sel.unregister(w.rfd)
+        except (KeyError, ValueError):
+            pass
+        try:
+            self._sel.unregister(w.wfd)
+        except (KeyError, ValueError):
+            pass
+        if w.proc.returncode is None:
+            w.kill()
+        seq, _ = w.inflight.popleft()
+        self._results[seq] = self._failed(kind, why)
+        self._queue.extendleft(reversed(w.inflight))
+        i = self._workers.index(w)
+        fresh = _Worker(self.backend, w.cpu)
+        self._workers[i] = fresh
+        fresh.wait_ready(START_TIMEOUT)
+        self._sel.register(fresh.rfd, selectors.EVENT_READ, fresh)
+        self._dispatch()
+
+    def _failed(self, kind: str, why: str) -> Outcome:
+        notes = {"kernel": self.kernel_release, "backend": self.backend, kind: why}
+        return Outcome(side="kernel", hang=kind == "hang", notes=notes)

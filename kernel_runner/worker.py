@@ -1,0 +1,147 @@
+"""The kernel worker process: `python -m kernel_runner.worker --backend interp`.
+
+It enters its own network namespace once, loads the backend once, and then runs cases
+until stdin ends.  The pipe protocol is one line each way per case:
+
+    start-up  worker -> pool  {"ready": {"pid": …, "kernel": …, "backend": …}}
+                              or {"fatal": "<message>"} and exit status 2
+    per case  pool -> worker  the case as JSON on one line (Case.to_json(indent=None))
+              worker -> pool  the Outcome as JSON on one line (Outcome.to_json(indent=None))
+
+A case that raises inside the worker (bad JSON, a backend error, a bug) still gets exactly
+one line back: an error outcome, `side` "kernel", no observations, and notes["error"]
+saying what went wrong.  The loop goes on with the next case.  Every outcome's notes carry
+"kernel" (os.uname().release), "backend" and "elapsed_us" (set-up to clean-up).
+
+The protocol owns file descriptor 1: at start-up it is moved to a private fd and fd 1 is
+pointed at stderr, so a stray print in a backend or a C library cannot corrupt it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Mapping
+from typing import IO, Any
+
+from diffuzz.case import CaseError, loads_case
+from diffuzz.outcome import Outcome
+from kernel_runner.backend import Backend, KernelUnsupported
+from kernel_runner.executor import Executor, block_sigpipe
+from kernel_runner.netns import enter_new_netns
+
+# Backend name -> (module, class).  Imported only when asked for: bcc_backend pulls in bcc.
+BACKENDS: Mapping[str, tuple[str, str]] = {
+    "interp": ("kernel_runner.interp_backend", "InterpBackend"),
+    "bcc": ("kernel_runner.bcc_backend", "BccBackend"),
+}
+
+EXIT_FATAL = 2
+
+
+def load_backend(name: str) -> Backend:
+    """Import and construct a backend by name ("interp", "bcc", or "package.module:Class"
+    for one outside this table); KernelUnsupported when it cannot work here."""
+    if ":" in name:
+        module_name, _, class_name = name.partition(":")
+    elif name in BACKENDS:
+        module_name, class_name = BACKENDS[name]
+    else:
+        raise KernelUnsupported(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)} or module:Class")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise KernelUnsupported(f"backend {name!r} cannot be imported: {e}") from None
+    if not hasattr(module, class_name):
+        raise KernelUnsupported(f"backend {name!r}: {module_name} has no {class_name}")
+    backend: Backend = getattr(module, class_name)()
+    return backend
+
+
+def error_outcome(message: str, notes: Mapping[str, Any]) -> Outcome:
+    return Outcome(side="kernel", notes={**notes, "error": message})
+
+
+def serve(executor: Executor, inp: IO[bytes], out: IO[bytes]) -> None:
+    """The case loop: one line in, one line out, until EOF."""
+    base_notes = {"kernel": os.uname().release, "backend": executor.backend.name}
+    for line in inp:
+        if not line.strip():
+            continue
+        start = time.perf_counter_ns()
+        try:
+            outcome = executor.run(loads_case(line.decode("utf-8", "replace")))
+            notes = {**base_notes, "elapsed_us": (time.perf_counter_ns() - start) // 1000}
+            outcome = Outcome(
+                side=outcome.side, inserts=outcome.inserts, events=outcome.events, runs=outcome.runs,
+                run_count=outcome.run_count, endpoints=outcome.endpoints, hang=outcome.hang, notes=notes,
+            )
+        except CaseError as e:
+            outcome = error_outcome(f"bad case: {e}", base_notes)
+        except Exception as e:
+            traceback.print_exc(file=sys.stderr)
+            outcome = error_outcome(f"{type(e).__name__}: {e}", base_notes)
+        out.write(outcome.to_json(indent=None).encode() + b"\n")
+        out.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kernel_runner.worker", description=__doc__.split("\n")[0])
+    parser.add_argument("--backend", default="interp", help=f"{', '.join(BACKENDS)} or module:Class")
+    parser.add_argument("--no-netns", action="store_true",
+                        help="stay in the current network namespace (inside a throw-away VM)")
+    parser.add_argument("--python-threads", action="store_true",
+                        help="issue fresh-thread sends from Python threads, not raw pthreads (executor.py)")
+    parser.add_argument("--cpu", type=int, default=None,
+                        help="pin the worker (and so every send thread it creates) to this CPU")
+    args = parser.parse_args(argv)
+
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    # Before any thread exists: the blocked SIGPIPE mask and the namespace are both inherited
+    # by every thread created later (executor.py, netns.py).
+    block_sigpipe()
+    # Ctrl-C in the engine reaches the whole process group; the pool ends its workers itself
+    # (EOF on stdin), so a worker never dies half-way through a case of its own accord.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        if args.cpu is not None:
+            # A fresh send thread then starts on the CPU of the thread that waits for it: on this
+            # (virtualised) host a cross-CPU wake-up costs 3-5 ms at the 99th percentile instead
+            # of 0.1 ms (bench/kernel_throughput.py).
+            os.sched_setaffinity(0, {args.cpu})
+        if not args.no_netns:
+            enter_new_netns()
+        backend = load_backend(args.backend)
+    except KernelUnsupported as e:
+        out.write(json.dumps({"fatal": str(e)}).encode() + b"\n")
+        out.flush()
+        return EXIT_FATAL
+    except Exception as e:
+        traceback.print_exc(file=sys.stderr)
+        out.write(json.dumps({"fatal": f"backend {args.backend!r} failed to start: {type(e).__name__}: {e}"}).encode()
+                  + b"\n")
+        out.flush()
+        return EXIT_FATAL
+    try:
+        ready = {"pid": os.getpid(), "kernel": os.uname().release, "backend": backend.name}
+        out.write(json.dumps({"ready": ready}).encode() + b"\n")
+        out.flush()
+        serve(Executor(backend, raw_threads=not args.python_threads), sys.stdin.buffer, out)
+    except BrokenPipeError:
+        pass  # the pool went away; nothing left to answer
+    finally:
+        backend.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

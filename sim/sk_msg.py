@@ -1,0 +1,145 @@
+"""struct sk_msg: the message a sendmsg builds and the program sees (include/linux/skmsg.h).
+
+The ring of `MAX_MSG_FRAGS` scatterlist slots is kept as a Python list in ring order
+(slot `sg.start` first).  Ring indices themselves are not modelled: only the element
+count (`sk_msg_elem_used`) is observable (spec §1.4).
+
+Element bytes are `bytes` slices; bytes the kernel leaves uninitialised (pushed bytes,
+spec §6.5) are carried as `unk`, a sorted list of [start, end) ranges relative to the
+element, or None when every byte is known.  No per-byte Python loops.
+"""
+
+from __future__ import annotations
+
+MAX_MSG_FRAGS = 17  # MAX_SKB_FRAGS on 6.18 (spec §0.4)
+
+Ranges = list[tuple[int, int]] | None
+
+
+def clip_ranges(unk: Ranges, a: int, b: int) -> Ranges:
+    """The unknown ranges of bytes [a, b), shifted so that a becomes 0."""
+    if not unk:
+        return None
+    out = [(max(s, a) - a, min(e, b) - a) for s, e in unk if s < b and e > a]
+    return out or None
+
+
+def shift_ranges(unk: Ranges, by: int) -> list[tuple[int, int]]:
+    return [(s + by, e + by) for s, e in unk] if unk else []
+
+
+def add_ranges(dst: list[tuple[int, int]], unk: Ranges, base: int) -> None:
+    """Append `unk` (relative to base) to the sorted list dst, merging touching ranges."""
+    if not unk:
+        return
+    for s, e in unk:
+        s += base
+        e += base
+        if dst and dst[-1][1] >= s:
+            dst[-1] = (dst[-1][0], max(dst[-1][1], e))
+        else:
+            dst.append((s, e))
+
+
+def remove_range(unk: Ranges, a: int, b: int) -> Ranges:
+    """unk minus [a, b): used when the program writes over uninitialised bytes."""
+    if not unk:
+        return None
+    out: list[tuple[int, int]] = []
+    for s, e in unk:
+        if e <= a or s >= b:
+            out.append((s, e))
+            continue
+        if s < a:
+            out.append((s, a))
+        if e > b:
+            out.append((b, e))
+    return out or None
+
+
+class Elem:
+    """One used scatterlist slot: its bytes, their unknown ranges, the page it lives in
+    (identity only: page-frag coalescing, spec §2.1) and the sg.copy bit."""
+
+    __slots__ = ("copy", "data", "page", "pend", "unk")
+
+    def __init__(self, data: bytes, unk: Ranges = None, page: object = None, pend: int = 0, copy: bool = False):
+        self.data = data
+        self.unk = unk
+        self.page = page  # the page-frag page, or None for pages from alloc_pages (push/pop/pull)
+        self.pend = pend  # offset in `page` just past this element's bytes
+        self.copy = copy  # sg.copy: always False on the >= 6.5 sendmsg path (spec §1.3)
+
+    def slice(self, a: int, b: int) -> Elem:
+        """Bytes [a, b) of this element, still in the same page."""
+        return Elem(self.data[a:b], clip_ranges(self.unk, a, b), self.page, self.pend - len(self.data) + b, self.copy)
+
+
+def concat(parts: list[Elem]) -> Elem:
+    """One element on a freshly allocated page holding parts in order (the merge/copy
+    paths of pull, push and pop allocate with alloc_pages, not the page frag)."""
+    unk: list[tuple[int, int]] = []
+    pos = 0
+    for p in parts:
+        add_ranges(unk, p.unk, pos)
+        pos += len(p.data)
+    return Elem(b"".join(p.data for p in parts), unk or None)
+
+
+class SkMsg:
+    """struct sk_msg: elements plus the metadata the helpers set (spec §1.3).
+
+    Metadata is not reset between program runs on the same struct (spec §1.5)."""
+
+    __slots__ = ("apply_bytes", "cork_bytes", "elems", "flags", "size", "sk_redir")
+
+    def __init__(self) -> None:
+        self.elems: list[Elem] = []
+        self.size = 0
+        self.apply_bytes = 0  # u32
+        self.cork_bytes = 0  # u32
+        self.flags = 0  # u64: flags of the last successful redirect helper
+        self.sk_redir: object | None = None  # the target socket of that redirect
+
+    def full(self) -> bool:
+        """sk_msg_full: every one of the MAX_MSG_FRAGS usable slots is taken."""
+        return len(self.elems) >= MAX_MSG_FRAGS
+
+    def sk_msg_free(self) -> int:
+        """sk_msg_free / __sk_msg_free: drop every byte and re-init the struct (metadata
+        zeroed too: sk_msg_init), returning the bytes freed."""
+        freed = self.size
+        self.elems = []
+        self.size = 0
+        self.apply_bytes = 0
+        self.cork_bytes = 0
+        self.flags = 0
+        self.sk_redir = None
+        return freed
+
+    def consume_front(self, n: int) -> list[Elem]:
+        """Remove n bytes from the front; return them as element slices, in order."""
+        out: list[Elem] = []
+        elems = self.elems
+        while n > 0 and elems:
+            e = elems[0]
+            ln = len(e.data)
+            if ln <= n:
+                out.append(elems.pop(0))
+                n -= ln
+                self.size -= ln
+            else:
+                out.append(e.slice(0, n))
+                rest = e.slice(n, ln)
+                elems[0] = rest
+                self.size -= n
+                n = 0
+        return out
+
+    def first_len(self) -> int:
+        """data_end - data as sk_msg_compute_data_pointers leaves it: the first element,
+        or nothing when that element is a copy (sg.copy) element or the ring is empty."""
+        if not self.elems:
+            return 0
+        e = self.elems[0]
+        return 0 if e.copy else len(e.data)

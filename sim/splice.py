@@ -1,0 +1,66 @@
+"""fs/splice.c on kernels >= 6.5: sendfile and splice into a socket (spec §8.1).
+
+The payload sits in page-sized (4096-byte) pipe buffers.  splice_to_socket sends up to 16
+buffers per sock_sendmsg call and, when a call takes only part of its batch, offers the
+rest again in a new call; sendfile reads the file in batches of one pipe (16 pages) through
+splice_direct_to_actor and stops when a batch is not sent whole.  MSG_MORE (SPLICE_F_MORE,
+or more data to come) only delays TCP segments, which the runner flushes before looking,
+so the model does not carry it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+PIPE_BUF_SIZE = 4096
+PIPE_DEF_BUFFERS = 16
+PIPE_BATCH = PIPE_BUF_SIZE * PIPE_DEF_BUFFERS  # 65536 bytes: 16 full page buffers
+
+SendMsg = Callable[[bytes], int]
+
+
+def splice_to_socket(sock_sendmsg: SendMsg, data: bytes) -> int:
+    """Send the bytes of a pipe (all in at most 16 buffers here) to the socket.
+
+    Returns the bytes spliced, or the first call's error.  A call that claims more bytes
+    than remain (tcp_bpf_sendmsg can, spec §4.3 with push + apply + DROP) ends the loop with
+    that count; in the kernel the pipe-buffer release loop would then walk past the
+    buffers it has (a kernel bug to watch for, not something to imitate).
+    """
+    spliced = 0
+    pos = 0
+    n = len(data)
+    while pos < n:
+        # Each batch takes every remaining buffer: a user pipe holds at most 16 buffers
+        # (case.MAX_SPLICE) and sendfile's batches are one pipe each.
+        ret = sock_sendmsg(data[pos:] if pos else data)
+        if ret <= 0:
+            return spliced if spliced else ret
+        spliced += ret
+        pos += ret
+    return spliced
+
+
+def do_sendfile(sock_sendmsg: SendMsg, data: bytes) -> int:
+    """splice_direct_to_actor: read up to one pipe of the file, splice it, repeat; stop
+    early when a batch is not sent whole.  Returns the total or the first error."""
+    total = 0
+    pos = 0
+    n = len(data)
+    while pos < n:
+        batch = data[pos : pos + PIPE_BATCH]
+        ret = splice_to_socket(sock_sendmsg, batch)
+        if ret <= 0:
+            return total if total else ret
+        total += ret
+        pos += len(batch)
+        if ret < len(batch):
+            break
+    return total
+
+
+def do_splice(sock_sendmsg: SendMsg, data: bytes) -> int:
+    """splice(pipe -> socket, len) after write(pipe, payload): one splice_to_socket."""
+    if not data:
+        return 0
+    return splice_to_socket(sock_sendmsg, data)

@@ -1,0 +1,274 @@
+"""Runs one Case on the model, following docs/execution.md step by step.
+
+Everything lives in a World made for one case: no global state, no I/O, deterministic.
+
+Decisions taken where the spec leaves room (each from the kernel source; see the files named):
+- Deleting an empty or out-of-range sockmap slot is EINVAL (__sock_map_delete,
+  sock_map_delete_elem); a missing sockhash key is ENOENT.  Detach without an attached
+  program is ENOENT (psock_replace_prog); attach always succeeds.  (sim/sockmap.py)
+- Insert order of checks: BPF_F_LOCK -> EINVAL, not ESTABLISHED -> EOPNOTSUPP, flags > 2 ->
+  EINVAL, sockmap key >= size -> E2BIG, psock with a program while the map has one -> EBUSY,
+  EEXIST/ENOENT, sockhash full -> E2BIG.  A socket inserted while the program is detached
+  gets it when re-linked with the program attached (psock_set_prog).  (sim/sockmap.py)
+- FIONREAD on any socket with a psock (config BASE or TX) counts ingress_msg only (§7.4).
+- An ingress-redirected empty message (everything popped) blocks the ingress queue: recv
+  returns EFAULT and never dequeues it (sk_msg_recvmsg).  (sim/tcp_bpf.py)
+- tcp_bpf_sendmsg does not clear sk_err: a reset socket in a map returns ECONNRESET on every
+  send; plain TCP clears it once, then EPIPE.  (sim/tcp_bpf.py, sim/tcp.py)
+- MSG_MORE holds bytes in the sender's write queue until a push; close with unread data or
+  SO_LINGER 0 purges them.  Data reaching a socket in FIN_WAIT with RCV_SHUTDOWN (closed, or
+  shut down both ways) resets both ends.  (sim/tcp.py)
+- Window sizes are reported only with fresh_thread (pinned page-frag layout) or after a
+  successful pull; the bytes always follow the pinned layout.  (sim/page_frag.py)
+- A send whose more_data loop cannot end is reported as a hang.  (sim/tcp_bpf.py)
+- sockopts (SO_SNDBUF / SO_RCVBUF) are ignored: buffers are unlimited.  (sim/tcp.py)
+"""
+
+from __future__ import annotations
+
+from diffuzz.case import (
+    ALPHABET,
+    SEND_FLAGS,
+    SHUT_HOW,
+    ApplyBytes,
+    Attach,
+    Case,
+    Close,
+    CorkBytes,
+    Detach,
+    Fionread,
+    MapDelete,
+    MapInsert,
+    Recv,
+    Redirect,
+    Send,
+    SendEvent,
+    SendFile,
+    SendMsg,
+    Shutdown,
+    Splice,
+)
+from diffuzz.outcome import MAX_RUN_RECORDS, Data, Endpoint, EventResult, Outcome, Ret, Run, RunContext, errno_ret
+from sim.helpers import ModelHang
+from sim.page_frag import PageFrag
+from sim.sockmap import SockMap
+from sim.splice import do_sendfile, do_splice
+from sim.tcp import Sock, tcp_close, tcp_push_pending_frames, tcp_reset, tcp_sendmsg_locked, tcp_shutdown
+from sim.tcp_bpf import tcp_bpf_ioctl_inq, tcp_bpf_recvmsg, tcp_bpf_sendmsg
+
+AF_INET = 2
+AF_INET6 = 10
+RECV_DRAIN = 65536
+_EBADF = EventResult(ret="EBADF")  # an event on an endpoint the case closed: no syscall
+
+
+def _ret(r: int) -> Ret:
+    return r if r >= 0 else errno_ret(-r)
+
+
+class World:
+    """The sockets, the map and the run records of one case."""
+
+    __slots__ = (
+        "alpha_pos",
+        "alpha_seed",
+        "audit",
+        "case",
+        "ctx_cache",
+        "family",
+        "ff_from",
+        "ff_ok",
+        "frag",
+        "last_prog",
+        "map",
+        "pinned",
+        "program",
+        "run_count",
+        "runs",
+        "sig",
+        "socks",
+        "task",
+    )
+
+    def __init__(self, case: Case) -> None:
+        self.case = case
+        self.program = case.program
+        self.last_prog = len(case.program) - 1
+        # The run shortcut of tcp_bpf_send_verdict: runs from ff_from on use the last step list
+        # and are not recorded; ff_ok when that list only sets metadata.
+        self.ff_from = max(self.last_prog, MAX_RUN_RECORDS)
+        self.ff_ok = all(type(s) in (ApplyBytes, CorkBytes, Redirect) for s in case.program[-1].steps)
+        self.pinned = case.fresh_thread  # windows are exact only with a fresh frag per send (§2.2)
+        self.family = AF_INET6 if case.family == "ipv6" else AF_INET
+        self.map = SockMap(case.map.type, case.map.size)
+        self.map.attach()  # set-up step 4: the program is attached before any insert
+        self.socks: dict[str, Sock] = {}
+        for i in range(case.pairs):
+            c, p = Sock(f"c{i}", self.family), Sock(f"p{i}", self.family)
+            c.peer, p.peer = p, c
+            self.socks[c.name] = c
+            self.socks[p.name] = p
+        self.runs: list[Run] = []
+        self.run_count = 0
+        self.sig = [False]  # SIGPIPE raised during the current syscall
+        self.frag = PageFrag()
+        self.task = 0
+        self.alpha_pos = 0  # bytes of the alphabet stream used by earlier sends
+        self.alpha_seed = case.payload.seed if case.payload.pattern == "alphabet" else None
+        self.ctx_cache: dict[tuple[str, int], RunContext] = {}  # equal contexts shared between runs
+        # Tests set this to a list to collect (msg.size, sum of element lengths, element
+        # count) after every helper step.
+        self.audit: list[tuple[int, int, int]] | None = None
+
+    # ---- send path ---------------------------------------------------------------------
+
+    def sock_sendmsg(self, sk: Sock, data: bytes, flags: int) -> int:
+        """sock_sendmsg -> sk->sk_prot->sendmsg: tcp_bpf_sendmsg for config TX (a psock
+        that captured the program, §1.1), else plain tcp_sendmsg."""
+        psock = sk.psock
+        if psock is not None and psock.prog:
+            return tcp_bpf_sendmsg(self, sk, data, flags)
+        return tcp_sendmsg_locked(self.sig, sk, data, None, flags)
+
+    def payload(self, i: int, size: int) -> bytes:
+        """Case.payload_for(i), with the alphabet's running offset kept here instead of
+        summed again for every send (tests/model check the two agree)."""
+        start = self.alpha_pos
+        self.alpha_pos = start + size
+        if self.alpha_seed is None:
+            return self.case.payload_for(i)
+        off = (start + self.alpha_seed) % len(ALPHABET)
+        return (ALPHABET * ((off + size) // len(ALPHABET) + 1))[off : off + size]
+
+    def _send(self, i: int, ev: SendEvent, kind: str, flags: int) -> EventResult:
+        data = self.payload(i, ev.size)  # the running offset counts every send, run or not
+        sk = self.socks[ev.ep]
+        if sk.closed:
+            return _EBADF
+        self.task = i
+        self.sig[0] = False
+        self.frag = PageFrag()  # fresh thread: an empty task_frag (§2.2)
+        if kind == "sendmsg":
+            ret = self.sock_sendmsg(sk, data, flags)
+        else:
+            def sendmsg(chunk: bytes) -> int:
+                return self.sock_sendmsg(sk, chunk, flags)
+
+            ret = do_sendfile(sendmsg, data) if kind == "sendfile" else do_splice(sendmsg, data)
+        self._settle()
+        return EventResult(ret=_ret(ret), sigpipe=self.sig[0])
+
+    def push_pending_frames(self) -> None:
+        """What the runner does before recv, fionread and the final drain: TCP_NODELAY set
+        again on every open socket pushes frames held back by MSG_MORE (docs/execution.md)."""
+        for sk in self.socks.values():
+            if not sk.closed and sk.wq.buf:
+                tcp_push_pending_frames(sk)
+        self._settle()
+
+    def _settle(self) -> None:
+        """RSTs that answered data sent to a closed socket are processed once the sender
+        releases its socket lock, i.e. after the syscall (sim/tcp.py)."""
+        for sk in self.socks.values():
+            if sk.pending_reset:
+                sk.pending_reset = False
+                tcp_reset(sk)
+
+    # ---- other events --------------------------------------------------------------------
+
+    def event(self, i: int, ev: object) -> EventResult:
+        t = type(ev)
+        if t is Send or t is SendMsg:
+            return self._send(i, ev, "sendmsg", _send_flags(ev.flags))  # type: ignore[attr-defined]
+        if t is SendFile:
+            return self._send(i, ev, "sendfile", 0)
+        if t is Splice:
+            # SPLICE_F_MORE only adds MSG_MORE; SPLICE_F_NONBLOCK only affects the pipe.
+            return self._send(i, ev, "splice", 0)
+        if t is MapDelete:
+            return EventResult(ret=_ret(self.map.delete(ev.key)))  # type: ignore[attr-defined]
+        if t is Detach:
+            return EventResult(ret=_ret(self.map.detach()))
+        if t is Attach:
+            return EventResult(ret=_ret(self.map.attach()))
+        sk = self.socks[ev.ep]  # type: ignore[attr-defined]
+        if sk.closed:
+            return _EBADF
+        if t is Recv:
+            self.push_pending_frames()
+            r, data, unk = tcp_bpf_recvmsg(sk, ev.len, ev.peek)  # type: ignore[attr-defined]
+            if r < 0:
+                return EventResult(ret=errno_ret(-r))
+            return EventResult(ret=r, data=Data(data, tuple(unk)))
+        if t is Fionread:
+            self.push_pending_frames()
+            return EventResult(ret=tcp_bpf_ioctl_inq(sk))
+        if t is MapInsert:
+            return EventResult(ret=_ret(self.map.update(ev.key, sk, ev.flags)))  # type: ignore[attr-defined]
+        if t is Close:
+            # sock_map_close: out of every map first (psock teardown, §9.2), then tcp_close.
+            self.map.remove_sock(sk)
+            tcp_close(sk, ev.rst)  # type: ignore[attr-defined]
+            self._settle()
+            return EventResult(ret=None)
+        if t is Shutdown:
+            r = tcp_shutdown(sk, SHUT_HOW[ev.how])  # type: ignore[attr-defined]
+            self._settle()
+            return EventResult(ret=_ret(r))
+        raise ValueError(f"events[{i}]: unknown event {ev!r}")
+
+    # ---- the end of a case ---------------------------------------------------------------
+
+    def drain(self) -> dict[str, Endpoint]:
+        self.push_pending_frames()
+        out: dict[str, Endpoint] = {}
+        for name in self.case.endpoints():
+            sk = self.socks[name]
+            if sk.closed:
+                out[name] = Endpoint(rx=Data(), fionread=None, end="closed")
+                continue
+            fion = tcp_bpf_ioctl_inq(sk)
+            chunks: list[bytes] = []
+            unk: list[tuple[int, int]] = []
+            pos = 0
+            while True:
+                r, data, u = tcp_bpf_recvmsg(sk, RECV_DRAIN, False)
+                if r <= 0:
+                    end = "EOF" if r == 0 else errno_ret(-r)
+                    break
+                for s, e in u:
+                    if unk and unk[-1][1] == s + pos:
+                        unk[-1] = (unk[-1][0], e + pos)
+                    else:
+                        unk.append((s + pos, e + pos))
+                chunks.append(data)
+                pos += r
+            out[name] = Endpoint(rx=Data(b"".join(chunks), tuple(unk)), fionread=fion, end=end)
+        return out
+
+
+def _send_flags(names: tuple[str, ...]) -> int:
+    value = 0
+    for name in names:
+        value |= SEND_FLAGS[name]
+    return value
+
+
+def run(case: Case) -> Outcome:
+    """The model's Outcome for a case (side "model")."""
+    return run_world(World(case))
+
+
+def run_world(w: World) -> Outcome:
+    """Run the case a World was made for (tests keep the World to inspect its sockets)."""
+    case = w.case
+    socks = w.socks
+    inserts = tuple(_ret(w.map.update(e.key, socks[e.ep], 0)) for e in case.inserts)
+    try:
+        events = tuple(w.event(i, ev) for i, ev in enumerate(case.events))
+    except ModelHang as e:
+        return Outcome(side="model", inserts=inserts, runs=tuple(w.runs), run_count=w.run_count, hang=True,
+                       notes={"hang": str(e)})
+    endpoints = w.drain()
+    return Outcome(side="model", inserts=inserts, events=events, runs=tuple(w.runs), run_count=w.run_count,
+                   endpoints=endpoints)

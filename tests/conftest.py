@@ -1,0 +1,48 @@
+"""Shared test set-up: the one place that decides "this machine cannot do X", and Hypothesis profiles.
+
+Kernel tests carry `@pytest.mark.kernel`.  They run when the machine can do BPF sockmap work and
+skip otherwise, with the reason diffuzz.doctor gives (the same reason `diffuzz doctor` prints):
+
+    @pytest.mark.kernel                         # root, a working bpf() syscall, a sockmap
+    @pytest.mark.kernel(needs=("bcc",))         # ... and more: "clang", "bcc", "interp"
+
+The probes are cheap (a map created and closed) and cached for the session; "bcc" compiles a
+program in a child process once (about a second).  Nothing here skips anything else: a test
+without the marker that touches the kernel fails loudly on a machine that cannot.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import settings
+
+from diffuzz import doctor
+
+# The base needs of every kernel test, in the order a missing one explains the rest.
+KERNEL_BASE = ("root", "bpf", "sockmap")
+
+# No deadlines: timing belongs in bench/, and a loaded CI machine must not turn slow into red.
+# On CI Hypothesis' own "ci" profile applies (derandomized, no database, no deadline).
+settings.register_profile("diffuzz-dev", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "diffuzz-dev")
+
+
+def kernel_skip_reason(needs: tuple[str, ...] = ()) -> str | None:
+    """Why a kernel test cannot run here (None when it can): the first missing feature and the reason."""
+    unknown = [n for n in needs if n not in doctor.FEATURES]
+    if unknown:
+        raise ValueError(f"pytest.mark.kernel(needs=...): unknown feature {unknown[0]!r}; "
+                         f"known: {', '.join(doctor.FEATURES)}")
+    return doctor.missing(*KERNEL_BASE, *needs)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    marker = item.get_closest_marker("kernel")
+    if marker is None:
+        return
+    needs = tuple(marker.kwargs.get("needs", ()))
+    reason = kernel_skip_reason(needs)
+    if reason:
+        pytest.skip(f"kernel test: {reason}")

@@ -1,0 +1,186 @@
+"""The worker process and its pool: the pipe protocol, hangs, dead workers, start-up failures, order."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from diffuzz.case import Case, Invocation, MapEntry, Send, SockOpt
+from diffuzz.outcome import Data, EventResult, loads_outcome
+from kernel_runner.backend import KernelUnsupported
+from kernel_runner.netns import NOT_ROOT
+from kernel_runner.pool import KernelPool, is_error
+
+ROOT = Path(__file__).resolve().parents[2]
+ABC = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+kernel = pytest.mark.kernel(needs=("interp",))
+
+
+def pass_case(n: int) -> Case:
+    return Case(inserts=(MapEntry(0, "c0"),), program=(Invocation(),), events=(Send("c0", n),))
+
+
+def blocking_case() -> Case:
+    """A send that never returns: 1 MB, blocking, into a 2 KB receive buffer that nobody reads
+    (plain TCP, no map): tcp_sendmsg waits for send-buffer space forever."""
+    return Case(sockopts=(SockOpt("c0", sndbuf=4096), SockOpt("p0", rcvbuf=2048)), events=(Send("c0", 1 << 20),))
+
+
+def start_worker(*args: str, user: int | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "kernel_runner.worker", *args], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, user=user)
+
+
+@kernel
+def test_worker_protocol_one_line_each_way() -> None:
+    proc = start_worker("--backend", "interp")
+    assert proc.stdin is not None and proc.stdout is not None
+    hello = json.loads(proc.stdout.readline())
+    assert hello["ready"]["pid"] == proc.pid and hello["ready"]["kernel"] == os.uname().release
+    assert hello["ready"]["backend"] == "interp"
+    # A good case, a blank line (ignored), a line that is not JSON, a case the format rejects, a good case.
+    proc.stdin.write(pass_case(5).to_json(indent=None).encode() + b"\n\n{nope\n"
+                     + b'{"format": 1, "pairs": 99}\n' + pass_case(3).to_json(indent=None).encode() + b"\n")
+    proc.stdin.close()
+    lines = proc.stdout.read().splitlines()
+    assert proc.wait(timeout=10) == 0
+    assert len(lines) == 4
+    first, bad_json, bad_case, last = (loads_outcome(line.decode()) for line in lines)
+    assert first.events == (EventResult(ret=5),) and first.endpoints["p0"].rx == Data(ABC[:5])
+    assert first.notes["kernel"] == os.uname().release and first.notes["backend"] == "interp"
+    assert isinstance(first.notes["elapsed_us"], int) and first.notes["elapsed_us"] > 0
+    assert "not valid JSON" in bad_json.notes["error"] and bad_json.events == ()
+    assert "pairs" in bad_case.notes["error"]
+    assert last.events == (EventResult(ret=3),)
+
+
+@kernel
+def test_worker_runs_in_its_own_network_namespace() -> None:
+    proc = start_worker("--backend", "interp")
+    assert proc.stdout is not None
+    json.loads(proc.stdout.readline())
+    try:
+        assert os.readlink(f"/proc/{proc.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@kernel
+def test_worker_needs_root() -> None:
+    proc = start_worker("--backend", "interp", user=65534)
+    out, err = proc.communicate(timeout=30)
+    if b"ModuleNotFoundError" in err or b"Permission denied" in err:
+        pytest.skip("user nobody cannot read the project or its virtualenv here")
+    assert proc.returncode == 2
+    assert json.loads(out.splitlines()[0]) == {"fatal": NOT_ROOT}
+
+
+@kernel
+def test_pool_start_failure_is_kernel_unsupported() -> None:
+    with pytest.raises(KernelUnsupported, match="unknown backend 'nosuch'"):
+        KernelPool(jobs=1, backend="nosuch")
+
+
+@kernel
+def test_hang_is_reported_and_the_next_case_runs() -> None:
+    with KernelPool(jobs=1, backend="interp", deadline=1.0) as pool:
+        before = pool.pids()
+        hung, after = pool.imap([blocking_case(), pass_case(4)])
+        assert hung.hang is True and hung.side == "kernel"
+        assert f"worker {before[0]} was killed" in hung.notes["hang"]
+        assert not is_error(hung) and hung.events == ()
+        assert after.hang is False and after.events == (EventResult(ret=4),)
+        assert pool.pids() != before
+        assert not os.path.exists(f"/proc/{before[0]}")
+
+
+@kernel
+def test_dead_worker_is_replaced_and_its_case_is_an_error() -> None:
+    with KernelPool(jobs=1, backend="interp", deadline=30.0) as pool:
+        (pid,) = pool.pids()
+        # The blocking case keeps the worker busy; kill it from outside while it runs.
+        killer = threading.Timer(0.5, os.kill, (pid, 9))
+        killer.start()
+        started = time.monotonic()
+        dead, after = pool.imap([blocking_case(), pass_case(2)])
+        killer.join()
+        assert time.monotonic() - started < 30
+        assert is_error(dead) and not dead.hang
+        assert dead.notes["error"] == f"worker {pid} died (killed by SIGKILL) while running this case; it was replaced"
+        assert after.events == (EventResult(ret=2),)
+        assert pool.pids() != [pid]
+
+
+@kernel
+def test_imap_keeps_input_order_on_every_worker() -> None:
+    sizes = [(i * 37) % 500 + 1 for i in range(60)]
+    with KernelPool(jobs=2, backend="interp") as pool:
+        outs = list(pool.imap(pass_case(n) for n in sizes))
+        assert [o.events[0].ret for o in outs] == sizes
+        assert [len(o.endpoints["p0"].rx) for o in outs] == sizes
+        # An abandoned iteration leaves nothing behind for the next one.
+        it = pool.imap(pass_case(n) for n in range(1, 20))
+        assert next(it).events[0].ret == 1
+        it.close()
+        assert pool.run(pass_case(77)).events[0].ret == 77
+
+
+@kernel
+def test_local_run_uses_one_cached_worker() -> None:
+    from kernel_runner import local
+
+    out = local.run(pass_case(6))
+    assert out.events == (EventResult(ret=6),)
+    assert local.run(pass_case(8)).events == (EventResult(ret=8),)
+    local.close()
+
+
+@kernel
+def test_a_slow_consumer_is_not_a_hang() -> None:
+    # While the caller does not iterate, answers wait in the pipe; the deadline must not fire on them.
+    with KernelPool(jobs=1, backend="interp", deadline=0.5) as pool:
+        outs = []
+        for out in pool.imap(pass_case(n) for n in (1, 2, 3, 4)):
+            outs.append(out)
+            time.sleep(0.7)
+        assert [o.hang for o in outs] == [False] * 4
+        assert [o.events[0].ret for o in outs] == [1, 2, 3, 4]
+
+
+@kernel
+def test_raw_and_python_send_threads_agree() -> None:
+    # executor.py issues fresh-thread sends from a raw pthread (x86-64) or a Python thread;
+    # the kernel must not be able to tell: same returns, SIGPIPE, windows, tasks, bytes.
+    from diffuzz.case import BPF_F_INGRESS, Redirect, SendFile, SendMsg, Shutdown, Splice
+
+    inserts = tuple(MapEntry(k, ep) for k, ep in enumerate(("c0", "p0", "c1", "p1")))
+    cases = [
+        Case(pairs=2, inserts=inserts, program=(Invocation(),),
+             events=(Send("c0", 10000), Send("c0", 10000), SendMsg("c0", (3, 5000, 7)), SendFile("c0", 20000),
+                     Splice("c0", 30000), Send("c0", 10000, ("MSG_MORE",)))),
+        Case(pairs=2, inserts=inserts, program=(Invocation((Redirect(1, BPF_F_INGRESS),)), Invocation()),
+             events=(Shutdown("c0"), Send("c0", 5), Send("c0", 5), Send("c0", 5, ("MSG_NOSIGNAL",)))),
+    ]
+    answers = []
+    for flags in ((), ("--python-threads",)):
+        proc = start_worker("--backend", "interp", *flags)
+        assert proc.stdin is not None and proc.stdout is not None
+        json.loads(proc.stdout.readline())
+        out, _ = proc.communicate(b"".join(c.to_json(indent=None).encode() + b"\n" for c in cases), timeout=60)
+        answers.append([loads_outcome(line.decode()) for line in out.splitlines()])
+    raw, python = answers
+    for a, b in zip(raw, python, strict=True):
+        assert "error" not in a.notes and "error" not in b.notes
+        assert (a.events, a.runs, a.run_count, a.endpoints) == (b.events, b.runs, b.run_count, b.endpoints)
+    assert [r.win_in for r in raw[0].runs][:2] == [10000, 10000]
+    assert raw[1].events[2] == EventResult(ret="EPIPE", sigpipe=True)
+    assert raw[1].events[3] == EventResult(ret="EPIPE")

@@ -1,0 +1,139 @@
+"""The findings store: buckets by signature, counts on repeat, atomic files, no half-written
+bucket when the writer is killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from diffuzz.case import Case, Invocation, MapEntry, PushData, Send, loads_case
+from diffuzz.compare import Difference
+from diffuzz.corpus import Corpus, Finding, read_releases, read_status, write_atomic
+from diffuzz.outcome import EventResult, Outcome, loads_outcome
+from diffuzz.signature import Signature, diff_kinds
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CASE = Case(inserts=(MapEntry(0, "c0"),), program=(Invocation((PushData(0, 4),)),), events=(Send("c0", 10),))
+KERNEL = Outcome(side="kernel", events=(EventResult(ret=14),), notes={"kernel": "6.18.44"})
+MODEL = Outcome(side="model", events=(EventResult(ret=10),))
+DIFFS = (Difference("events[0].ret", 14, 10),)
+
+
+def _finding(case: Case = CASE, release: str = "6.18.44") -> Finding:
+    return Finding(case, KERNEL, MODEL, DIFFS, Signature.of(diff_kinds(DIFFS), case, release), {"seed": 1})
+
+
+def test_new_bucket_has_every_file(tmp_path):
+    rec = Corpus(tmp_path).record(_finding())
+    assert rec.new and rec.count == 1
+    names = sorted(p.name for p in rec.bucket.iterdir())
+    assert names == ["bucket.json", "case.json", "diff.txt", "finding.md", "kernel.json", "model.json"]
+    assert loads_case((rec.bucket / "case.json").read_text()) == CASE
+    assert loads_outcome((rec.bucket / "kernel.json").read_text()) == KERNEL
+    assert "events[0].ret" in (rec.bucket / "diff.txt").read_text()
+    assert read_status(rec.bucket) == "new"
+    assert rec.bucket.name.startswith("events.ret-push_data-")
+    assert rec.bucket.parent == tmp_path / "findings"
+
+
+def test_same_signature_counts_instead_of_adding_files(tmp_path):
+    corpus = Corpus(tmp_path)
+    first = corpus.record(_finding())
+    before = {p.name: p.read_bytes() for p in first.bucket.iterdir() if p.name not in ("bucket.json", "finding.md")}
+    again = corpus.record(_finding(CASE.__class__(**{**CASE.__dict__, "events": (Send("c0", 99),)})))
+    third = corpus.record(_finding(release="7.2.13"))
+    assert again.bucket == first.bucket and not again.new and again.count == 2
+    assert third.bucket != first.bucket  # another kernel release is another bucket
+    after = {p.name: p.read_bytes() for p in first.bucket.iterdir() if p.name not in ("bucket.json", "finding.md")}
+    assert after == before  # the saved case is the first one, untouched
+    state = json.loads((first.bucket / "bucket.json").read_text())
+    assert state["count"] == 2
+    assert "count: 2" in (first.bucket / "finding.md").read_text()
+    assert len(list(corpus.buckets())) == 2
+    assert read_releases(first.bucket) == ["6.18.44"]
+
+
+def test_status_follows_the_edited_finding_md(tmp_path):
+    rec = Corpus(tmp_path).record(_finding())
+    md = rec.bucket / "finding.md"
+    md.write_text(md.read_text().replace("status: new", "status: kernel-bug"))
+    assert read_status(rec.bucket) == "kernel-bug"
+    Corpus(tmp_path).record(_finding())  # a hit keeps the person's edit
+    assert read_status(rec.bucket) == "kernel-bug"
+
+
+def test_write_atomic_replaces_whole_and_leaves_no_temporary(tmp_path):
+    p = tmp_path / "f.json"
+    write_atomic(p, "one")
+    write_atomic(p, b"two")
+    assert p.read_text() == "two"
+    assert [x.name for x in tmp_path.iterdir()] == ["f.json"]
+
+
+def _killed_writer(tmp_path: Path, body: str) -> None:
+    script = textwrap.dedent(body)
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    # Let it get well into its writing loop, then kill it without warning.
+    deadline = time.monotonic() + 20
+    while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_writer_killed_mid_write_leaves_old_or_new_file(tmp_path):
+    _killed_writer(tmp_path, """
+        import sys, pathlib
+        from diffuzz.corpus import write_atomic
+        d = pathlib.Path(sys.argv[1])
+        (d / "started").touch()
+        i = 0
+        while True:
+            write_atomic(d / "big", bytes([65 + i % 2]) * (8 << 20))
+            i += 1
+    """)
+    data = (tmp_path / "big").read_bytes()
+    assert data in (b"A" * (8 << 20), b"B" * (8 << 20))
+
+
+def test_writer_killed_mid_bucket_leaves_no_half_bucket(tmp_path):
+    _killed_writer(tmp_path, """
+        import sys, pathlib
+        from dataclasses import replace
+        from diffuzz.case import Case, Send
+        from diffuzz.compare import Difference
+        from diffuzz.corpus import Corpus, Finding
+        from diffuzz.outcome import Outcome
+        from diffuzz.signature import Signature
+        d = pathlib.Path(sys.argv[1])
+        corpus = Corpus(d / "c")
+        (d / "started").touch()
+        i = 0
+        while True:  # a new bucket every time (release differs), each with a 2 MB case
+            case = Case(events=tuple(Send("c0", 1) for _ in range(200)), meta={"pad": "x" * (2 << 20)})
+            sig = Signature(("events[*].ret",), (), ("send",), f"r{i}")
+            corpus.record(Finding(case, Outcome("kernel"), Outcome("model"),
+                                  (Difference("events[0].ret", 1, 2),), sig))
+            i += 1
+    """)
+    corpus = Corpus(tmp_path / "c")
+    complete = list(corpus.buckets())
+    assert complete, "the writer made no bucket before it was killed"
+    for b in (tmp_path / "c" / "findings").iterdir():
+        if b.name.startswith("."):
+            continue  # a temporary directory of the killed writer: never a bucket
+        assert sorted(p.name for p in b.iterdir()) == [
+            "bucket.json", "case.json", "diff.txt", "finding.md", "kernel.json", "model.json"]
+        assert len(loads_case((b / "case.json").read_text()).events) == 200
+    assert corpus.remove_stale_tmp(older_than_s=0) >= 0
+    assert all(not p.name.startswith(".") for p in (tmp_path / "c" / "findings").iterdir())
