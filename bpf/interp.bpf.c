@@ -26,7 +26,6 @@
  * offset plus the largest constant displacement must stay within it. */
 #define WRITE_MAX_OFFSET (0xffff - MAX_WRITE)
 #define WRITE_SKIPPED (-1)
-#define WRITE_UNSUPPORTED (-2)
 
 /* Hide a value's origin from clang, so it keeps the branch-free arithmetic below. */
 #define opaque(v) ({ __u64 __v = (v); asm volatile("" : "+r"(__v)); __v; })
@@ -129,8 +128,8 @@ static __always_inline long do_write(struct sk_msg_md *msg, const struct step *s
 
 	if (n == 0 || n > MAX_WRITE || off > win || n > win - off)
 		return WRITE_SKIPPED;
-	if (off > WRITE_MAX_OFFSET)
-		return WRITE_UNSUPPORTED;
+	if (off > WRITE_MAX_OFFSET)	/* docs/execution.md: skipped, as out of window */
+		return WRITE_SKIPPED;
 	data += off;
 	/* Byte by byte, each store checked against data_end: always true after the check above,
 	 * but the verifier proves packet accesses only from such comparisons.  Spelled out

@@ -30,6 +30,10 @@ MAX_MAP_SIZE = 1024
 MAX_PROGRAMS = 32
 MAX_STEPS = 16
 MAX_WRITE = 16
+# A write step stores only at offsets up to this: the verifier grants direct packet access up to
+# data + MAX_PACKET_OFF (0xffff), and a program taking the offset at run time must leave room
+# for the longest store.  Past it the step is skipped (rc -1) on every backend and in the model.
+WRITE_MAX_OFFSET = 0xFFFF - MAX_WRITE
 MAX_EVENTS = 256
 MAX_SEND = 1 << 20
 MAX_IOV = 64

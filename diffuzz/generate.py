@@ -187,6 +187,7 @@ class _Builder:
         program = self._program(sizes, keys, size)
         if cfg.deterministic:
             events, program = self._zone_runs(events, program)
+            events = _zone_splice(events, program)
         pattern = "random" if ch.draw_bool(0.3) else "alphabet"
         sockopts: tuple[SockOpt, ...] = ()
         if not cfg.deterministic and ch.draw_bool(0.2):
@@ -434,6 +435,23 @@ def _resized(e: Event, n: int) -> Event:
     return replace(e, len=n)
 
 
+def _splice_unsafe(program: tuple[Invocation, ...]) -> bool:
+    """push_data + apply_bytes (+ a DROP) can make tcp_bpf_sendmsg return more bytes than it was
+    given (spec §4.3: copied -= tosend + delta with delta < 0).  splice_to_socket then releases
+    pipe buffers it does not have: a kernel memory-safety bug (docs/kernel-notes.md K1) that
+    once hung this host.  Such programs are never combined with splice or sendfile on the
+    host; that belongs in the VM backend."""
+    steps = [s for inv in program for s in inv.steps]
+    return any(isinstance(s, PushData) for s in steps) and any(isinstance(s, ApplyBytes) for s in steps)
+
+
+def _zone_splice(events: tuple[Event, ...], program: tuple[Invocation, ...]) -> tuple[Event, ...]:
+    """Turn splice/sendfile into send (same bytes) when the program is _splice_unsafe."""
+    if not _splice_unsafe(program):
+        return events
+    return tuple(Send(e.ep, e.len) if isinstance(e, SendFile | Splice) else e for e in events)
+
+
 def zone_violation(case: Case, config: GenConfig = DEFAULT) -> str | None:
     """Which rule of the deterministic zone (module docstring) the case breaks, or None.
 
@@ -461,6 +479,8 @@ def zone_violation(case: Case, config: GenConfig = DEFAULT) -> str | None:
     if any(isinstance(s, _PUSHPOP) for s in case.program[-1].steps) and any(
             isinstance(s, CorkBytes) or (isinstance(s, ApplyBytes) and 0 < s.bytes & U32 < big) for s in steps):
         return "push/pop in the repeating last step list with a cork or a small apply"
+    if _splice_unsafe(case.program) and any(isinstance(e, SendFile | Splice) for e in sends):
+        return "splice/sendfile with a program that pushes and sets apply_bytes (kernel bug K1: VM only)"
     a = min((s.bytes & U32 for s in steps if isinstance(s, ApplyBytes) and s.bytes & U32), default=0)
     if a and sent + _pushed_bytes(case.program) > APPLY_RUNS_MAX * a:
         return f"apply_bytes {a} over {sent + _pushed_bytes(case.program)} bytes: more than {APPLY_RUNS_MAX} runs"

@@ -35,6 +35,7 @@ from diffuzz.case import (
     LAST_RC,
     SK_DROP,
     SK_PASS,
+    WRITE_MAX_OFFSET,
     ApplyBytes,
     Case,
     CorkBytes,
@@ -59,10 +60,6 @@ PROG_NAME = "msg_verdict"
 RECORDS_FD_PLACEHOLDER = 0x7FFE_0001
 SOCK_MAP_FD_PLACEHOLDER = 0x7FFE_0002
 
-# MAX_PACKET_OFF (kernel/bpf/verifier.c, find_good_pkt_pointers): the verifier never grants
-# direct packet access beyond data + 0xffff, so a write ending past it is compiled as "always
-# out of window", even after a pull made the window larger than that.
-MAX_PACKET_OFF = 0xFFFF
 
 # (C declaration, struct format) in layout order; the struct is naturally aligned and packed.
 FIELDS: tuple[tuple[str, str], ...] = (
@@ -146,10 +143,12 @@ def _write_code(step: Write, index: int, spec: str) -> list[str]:
     n = len(step.data)
     shown = step.data.hex()
     head = f"/* step {index}: write {n} byte{'s' if n != 1 else ''} {shown} at data + {step.offset} (spec {spec}) */"
-    if step.offset + n > MAX_PACKET_OFF:
-        # The verifier bounds direct packet access at data + MAX_PACKET_OFF, so no verified
-        # program can store there; the write counts as out of window.
-        return [head, "/* ends past data + 0xffff, beyond any verified packet access: skipped */", "rc = -1;"]
+    if step.offset > WRITE_MAX_OFFSET:
+        # docs/execution.md: one rule for every backend and the model.  The verifier bounds
+        # direct packet access at data + MAX_PACKET_OFF; a program taking the offset at run
+        # time (the interpreter) can store at most 16 bytes from data + 0xffef.
+        return [head, "/* offset past 0xffef: beyond the packet range a verified program may store to */",
+                "rc = -1;"]
     lines = [head,
              "{",
              "\t__u8 *data = (void *)(long)msg->data;",

@@ -425,6 +425,7 @@ class _CaseRun:
     def on_close(self, i: int, ev: Close) -> EventResult:
         if self._sock(ev.ep) is None:
             return _EBADF
+        self.topo.push_pending_frames()  # held bytes never meet a close (docs/execution.md)
         self.topo.close(ev.ep, ev.rst)
         return EventResult(ret=None)
 
@@ -432,6 +433,7 @@ class _CaseRun:
         sock = self._sock(ev.ep)
         if sock is None:
             return _EBADF
+        self.topo.push_pending_frames()
         try:
             sock.shutdown(SHUT_HOW[ev.how])
         except OSError as e:

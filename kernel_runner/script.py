@@ -35,8 +35,8 @@ records map (ARRAY, BPF_F_MMAPABLE, one value):
 
 The write step has one limit of its own: the verifier bounds a variable packet offset by
 MAX_PACKET_OFF (0xffff), so a store whose offset is above WRITE_MAX_OFFSET (0xffef) cannot be
-expressed.  Such a step that lies inside the window records rc WRITE_UNSUPPORTED (-2) instead
-of writing; one outside the window records -1 as usual.
+expressed.  Such a step is skipped with rc -1, like a store outside the window: the rule
+docs/execution.md states for every backend and the model.
 """
 
 from __future__ import annotations
@@ -80,7 +80,6 @@ MAP_KIND_SOCKMAP = 0
 MAP_KIND_SOCKHASH = 1
 
 WRITE_MAX_OFFSET = 0xFFEF
-WRITE_UNSUPPORTED = -2
 
 STEP = struct.Struct("<IIQQQ16s")
 INVOCATION_HEAD = struct.Struct("<IIII")

@@ -7,10 +7,12 @@ Arguments arrive as 64-bit registers; the kernel prototypes take start/len/bytes
 
 from __future__ import annotations
 
+from socket import AF_INET6
 from typing import TYPE_CHECKING
 
 from diffuzz.case import (
     LAST_RC,
+    WRITE_MAX_OFFSET,
     ApplyBytes,
     CorkBytes,
     PopData,
@@ -21,6 +23,7 @@ from diffuzz.case import (
 )
 from diffuzz.outcome import MAX_RUN_RECORDS, Run, RunContext, StepRecord
 from sim.sk_msg import MAX_MSG_FRAGS, Elem, SkMsg, concat, remove_range
+from sim.tcp import CLOSE
 
 if TYPE_CHECKING:
     from sim.tcp import Sock
@@ -237,7 +240,8 @@ def bpf_prog_run(world: World, sk: Sock, msg: SkMsg) -> int:
         t = type(step)
         if t is Write:
             data = step.data
-            if step.offset + len(data) <= win_len:
+            # docs/execution.md: the program stores only at offsets <= WRITE_MAX_OFFSET.
+            if step.offset <= WRITE_MAX_OFFSET and step.offset + len(data) <= win_len:
                 _write(msg, win_start + step.offset, data)
                 rc = 0
             else:
@@ -274,9 +278,25 @@ def bpf_prog_run(world: World, sk: Sock, msg: SkMsg) -> int:
     if verdict == LAST_RC:
         verdict = rc & U32 if inv.steps else 0
     if record:
-        key = (sk.name, world.task)
+        closed = sk.state == CLOSE
+        key = (sk.name, world.task, closed)
         ctx = world.ctx_cache.get(key)
         if ctx is None:
-            ctx = world.ctx_cache[key] = RunContext(world.family, sk.name, sk.peer.name, world.task)  # type: ignore[union-attr]
+            ctx = world.ctx_cache[key] = RunContext(
+                world.family, sk_msg_local(sk.name, world.family, closed), sk.peer.name, world.task  # type: ignore[union-attr]
+            )
         world.runs.append(Run(sk.name, size_in, win_in, tuple(recs), msg.size, verdict, ctx))
     return verdict
+
+
+def sk_msg_local(name: str, family: int, closed: bool) -> str:
+    """The endpoint sk_msg_md's local_ip/local_port name (docs/execution.md, "Program runs").
+
+    local_port is inet_num.  A TCP socket that reaches TCP_CLOSE (a reset, tcp_done) goes through
+    tcp_set_state -> inet_put_port, which releases the bound port and zeroes inet_num, while
+    the local address stays.  The program then reads port 0, which names no endpoint and is
+    reported raw: "?127.0.0.1:0" / "?[::1]:0" (docs/kernel-notes.md N2).
+    """
+    if not closed:
+        return name
+    return "?[::1]:0" if family == AF_INET6 else "?127.0.0.1:0"

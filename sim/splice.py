@@ -3,9 +3,12 @@
 The payload sits in page-sized (4096-byte) pipe buffers.  splice_to_socket sends up to 16
 buffers per sock_sendmsg call and, when a call takes only part of its batch, offers the
 rest again in a new call; sendfile reads the file in batches of one pipe (16 pages) through
-splice_direct_to_actor and stops when a batch is not sent whole.  MSG_MORE (SPLICE_F_MORE,
-or more data to come) only delays TCP segments, which the runner flushes before looking,
-so the model does not carry it.
+splice_direct_to_actor and stops when a batch is not sent whole.
+
+Each sock_sendmsg call carries MSG_MORE when the caller passed SPLICE_F_MORE (splice_to_socket)
+or, for sendfile, while more file data is pending (splice_direct_to_actor sets SPLICE_F_MORE for
+every batch but the last).  TCP then holds a partial segment back (sim/tcp.py); an RST close
+before the runner pushes pending frames loses it.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ PIPE_BUF_SIZE = 4096
 PIPE_DEF_BUFFERS = 16
 PIPE_BATCH = PIPE_BUF_SIZE * PIPE_DEF_BUFFERS  # 65536 bytes: 16 full page buffers
 
-SendMsg = Callable[[bytes], int]
+MSG_MORE = 0x8000
+
+SendMsg = Callable[[bytes, int], int]  # (bytes, msg_flags) -> bytes sent or -errno
 
 
-def splice_to_socket(sock_sendmsg: SendMsg, data: bytes) -> int:
+def splice_to_socket(sock_sendmsg: SendMsg, data: bytes, more: bool) -> int:
     """Send the bytes of a pipe (all in at most 16 buffers here) to the socket.
 
     Returns the bytes spliced, or the first call's error.  A call that claims more bytes
@@ -33,7 +38,7 @@ def splice_to_socket(sock_sendmsg: SendMsg, data: bytes) -> int:
     while pos < n:
         # Each batch takes every remaining buffer: a user pipe holds at most 16 buffers
         # (case.MAX_SPLICE) and sendfile's batches are one pipe each.
-        ret = sock_sendmsg(data[pos:] if pos else data)
+        ret = sock_sendmsg(data[pos:] if pos else data, MSG_MORE if more else 0)
         if ret <= 0:
             return spliced if spliced else ret
         spliced += ret
@@ -49,7 +54,7 @@ def do_sendfile(sock_sendmsg: SendMsg, data: bytes) -> int:
     n = len(data)
     while pos < n:
         batch = data[pos : pos + PIPE_BATCH]
-        ret = splice_to_socket(sock_sendmsg, batch)
+        ret = splice_to_socket(sock_sendmsg, batch, pos + len(batch) < n)
         if ret <= 0:
             return total if total else ret
         total += ret
@@ -59,8 +64,9 @@ def do_sendfile(sock_sendmsg: SendMsg, data: bytes) -> int:
     return total
 
 
-def do_splice(sock_sendmsg: SendMsg, data: bytes) -> int:
-    """splice(pipe -> socket, len) after write(pipe, payload): one splice_to_socket."""
+def do_splice(sock_sendmsg: SendMsg, data: bytes, more: bool) -> int:
+    """splice(pipe -> socket, len, flags) after write(pipe, payload): one splice_to_socket.
+    `more` is SPLICE_F_MORE; the whole payload fits in one batch (case.MAX_SPLICE)."""
     if not data:
         return 0
-    return splice_to_socket(sock_sendmsg, data)
+    return splice_to_socket(sock_sendmsg, data, more)

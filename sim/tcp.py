@@ -8,9 +8,9 @@ reset a closed socket answers data with, close with unread data (RST), FIONREAD.
 
 MSG_MORE (from the user, or set by tcp_bpf_push at an apply boundary, spec §5.1) holds
 the partial segment in the sender's write queue (`wq`) until something pushes it: a later
-send without MSG_MORE, the FIN of shutdown/close, a segment arriving from the peer (data or
-FIN: tcp_data_snd_check), or the runner, which pushes pending frames on every open socket
-before each recv, fionread and the final drain (docs/execution.md).
+send without MSG_MORE, the FIN of shutdown/close, a FIN from the peer or a data segment that
+takes the slow path (tcp_data_snd_check; see tcp_deliver), or the runner, which pushes pending
+frames on every open socket before each recv, fionread and the final drain (docs/execution.md).
 An RST (received, or sent by close) purges the write queue, so held bytes are then lost.
 
 Limits (documented, not modelled): send and receive buffers are unlimited, so blocking
@@ -172,8 +172,13 @@ def tcp_deliver(sk: Sock, data: bytes, unk: Ranges) -> None:
     if peer.state == CLOSE:
         return  # the peer was reset: the segment is answered with RST, sk is already CLOSE
     peer.rq.append(data, unk)
-    if peer.wq.buf:
-        tcp_push_pending_frames(peer)  # tcp_data_snd_check: an incoming segment sends what was held
+    if peer.wq.buf and peer.state != ESTABLISHED:
+        # tcp_data_snd_check, which sends what MSG_MORE held, runs for every segment on the
+        # slow path (tcp_rcv_state_process: any state but ESTABLISHED).  In ESTABLISHED the
+        # fast path of tcp_rcv_established calls it only when the segment acks new data, and
+        # nothing is unacked here: held bytes were never sent and loopback acks the rest at
+        # once.  So a data segment alone does not release them (docs/kernel-notes.md N4).
+        tcp_push_pending_frames(peer)
 
 
 def tcp_sendmsg_locked(sig: list[bool], sk: Sock, data: bytes, unk: Ranges, flags: int) -> int:
@@ -273,5 +278,10 @@ def tcp_close(sk: Sock, rst: bool) -> None:
     if rst or sk.rq.buf:
         tcp_send_active_reset(sk)
     else:
+        # __tcp_close sets sk_shutdown = SHUTDOWN_MASK before tcp_send_fin: bytes the FIN
+        # releases from the peer (tcp_data_snd_check) find a FIN_WAIT socket that reads no
+        # more and are answered with an RST (tcp_deliver).
+        sk.rcv_shutdown = True
+        sk.send_shutdown = True
         tcp_send_fin(sk)
     sk.closed = True

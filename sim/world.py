@@ -151,10 +151,10 @@ class World:
         if kind == "sendmsg":
             ret = self.sock_sendmsg(sk, data, flags)
         else:
-            def sendmsg(chunk: bytes) -> int:
-                return self.sock_sendmsg(sk, chunk, flags)
+            def sendmsg(chunk: bytes, msg_flags: int) -> int:
+                return self.sock_sendmsg(sk, chunk, msg_flags)
 
-            ret = do_sendfile(sendmsg, data) if kind == "sendfile" else do_splice(sendmsg, data)
+            ret = do_sendfile(sendmsg, data) if kind == "sendfile" else do_splice(sendmsg, data, bool(flags))
         self._settle()
         return EventResult(ret=_ret(ret), sigpipe=self.sig[0])
 
@@ -176,6 +176,14 @@ class World:
 
     # ---- other events --------------------------------------------------------------------
 
+    def settled_event(self, i: int, ev: object) -> EventResult:
+        """One event, then the RSTs it provoked.  Outside a send no user holds a socket lock:
+        a reset answering bytes that an arriving FIN flushed (sim/tcp.py) is processed in
+        softirq at once, before the next event looks at the socket."""
+        result = self.event(i, ev)
+        self._settle()
+        return result
+
     def event(self, i: int, ev: object) -> EventResult:
         t = type(ev)
         if t is Send or t is SendMsg:
@@ -183,8 +191,9 @@ class World:
         if t is SendFile:
             return self._send(i, ev, "sendfile", 0)
         if t is Splice:
-            # SPLICE_F_MORE only adds MSG_MORE; SPLICE_F_NONBLOCK only affects the pipe.
-            return self._send(i, ev, "splice", 0)
+            # SPLICE_F_MORE adds MSG_MORE to each sock_sendmsg (passed on as a non-zero flags
+            # value); SPLICE_F_NONBLOCK only affects the pipe.
+            return self._send(i, ev, "splice", int("SPLICE_F_MORE" in ev.flags))  # type: ignore[attr-defined]
         if t is MapDelete:
             return EventResult(ret=_ret(self.map.delete(ev.key)))  # type: ignore[attr-defined]
         if t is Detach:
@@ -206,12 +215,14 @@ class World:
         if t is MapInsert:
             return EventResult(ret=_ret(self.map.update(ev.key, sk, ev.flags)))  # type: ignore[attr-defined]
         if t is Close:
+            self.push_pending_frames()  # the runner does this first (docs/execution.md)
             # sock_map_close: out of every map first (psock teardown, §9.2), then tcp_close.
             self.map.remove_sock(sk)
             tcp_close(sk, ev.rst)  # type: ignore[attr-defined]
             self._settle()
             return EventResult(ret=None)
         if t is Shutdown:
+            self.push_pending_frames()
             r = tcp_shutdown(sk, SHUT_HOW[ev.how])  # type: ignore[attr-defined]
             self._settle()
             return EventResult(ret=_ret(r))
@@ -265,7 +276,7 @@ def run_world(w: World) -> Outcome:
     socks = w.socks
     inserts = tuple(_ret(w.map.update(e.key, socks[e.ep], 0)) for e in case.inserts)
     try:
-        events = tuple(w.event(i, ev) for i, ev in enumerate(case.events))
+        events = tuple(w.settled_event(i, ev) for i, ev in enumerate(case.events))
     except ModelHang as e:
         return Outcome(side="model", inserts=inserts, runs=tuple(w.runs), run_count=w.run_count, hang=True,
                        notes={"hang": str(e)})
