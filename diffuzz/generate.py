@@ -92,6 +92,10 @@ PUSH_ALWAYS_FAILS = 8 << 20  # above 4 MiB the page block allocation always fail
 PUSHPOP_MAX = 6  # spec §10: push plus pop calls per message
 APPLY_RUNS_MAX = 64  # runs an apply_bytes window may cause (module docstring); = outcome.MAX_RUN_RECORDS
 SENDS_PER_SENDER_MAX = 8  # spec §10: corked appends per cork
+# MSG_MORE / SPLICE_F_MORE only on sends of at most this many bytes.  tcp_sendmsg_locked pushes
+# anyway once unpushed bytes pass half the peer's largest window (forced_push(), ~32 KiB on a
+# fresh loopback pair): TCP window state, not sk_msg semantics.  8 such sends stay below it.
+MORE_SEND_MAX = 2048
 
 
 @dataclass(frozen=True)
@@ -280,16 +284,17 @@ class _Builder:
             n = budget
         kind = ch.weighted(_SEND_KINDS)
         if kind == "send":
-            return Send(ep, n, self._flags())
+            return Send(ep, n, _zone_more(self._flags(), n, "MSG_MORE"))
         if kind == "sendmsg":
             k = ch.draw_int(1, 4)
             cuts = sorted(ch.draw_int(0, n) for _ in range(k - 1))
             iov = tuple(b - a for a, b in zip([0, *cuts], [*cuts, n], strict=True))
-            return SendMsg(ep, iov, self._flags())
+            return SendMsg(ep, iov, _zone_more(self._flags(), n, "MSG_MORE"))
         if kind == "sendfile":
             return SendFile(ep, n)
+        n = min(n, 1 << 16)
         flags = tuple(f for f, p in (("SPLICE_F_MORE", 0.1), ("SPLICE_F_NONBLOCK", 0.1)) if ch.draw_bool(p))
-        return Splice(ep, min(n, 1 << 16), flags)
+        return Splice(ep, n, _zone_more(flags, n, "SPLICE_F_MORE"))
 
     def _flags(self) -> tuple[str, ...]:
         ch = self.ch
@@ -435,6 +440,11 @@ def _resized(e: Event, n: int) -> Event:
     return replace(e, len=n)
 
 
+def _zone_more(flags: tuple[str, ...], n: int, more: str) -> tuple[str, ...]:
+    """Drop the MORE flag from a send larger than MORE_SEND_MAX (the zone keeps it small)."""
+    return tuple(f for f in flags if f != more) if n > MORE_SEND_MAX and more in flags else flags
+
+
 def _splice_unsafe(program: tuple[Invocation, ...]) -> bool:
     """push_data + apply_bytes (+ a DROP) can make tcp_bpf_sendmsg return more bytes than it was
     given (spec §4.3: copied -= tosend + delta with delta < 0).  splice_to_socket then releases
@@ -479,6 +489,9 @@ def zone_violation(case: Case, config: GenConfig = DEFAULT) -> str | None:
     if any(isinstance(s, _PUSHPOP) for s in case.program[-1].steps) and any(
             isinstance(s, CorkBytes) or (isinstance(s, ApplyBytes) and 0 < s.bytes & U32 < big) for s in steps):
         return "push/pop in the repeating last step list with a cork or a small apply"
+    for e in sends:
+        if e.size > MORE_SEND_MAX and {"MSG_MORE", "SPLICE_F_MORE"} & set(getattr(e, "flags", ())):
+            return f"a {e.size}-byte send with MORE: more than {MORE_SEND_MAX} (forced_push)"
     if _splice_unsafe(case.program) and any(isinstance(e, SendFile | Splice) for e in sends):
         return "splice/sendfile with a program that pushes and sets apply_bytes (kernel bug K1: VM only)"
     a = min((s.bytes & U32 for s in steps if isinstance(s, ApplyBytes) and s.bytes & U32), default=0)
