@@ -14,11 +14,14 @@ from __future__ import annotations
 import fcntl
 import socket
 import struct
+import time
 from collections.abc import Iterator
 
 from diffuzz.case import Case, SockOpt, peer_of
 
 _LINGER_RST = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}: close sends an RST
+SETTLE_LIMIT = 0.2  # seconds Topology.settle waits at most
+SIOCOUTQNSD = 0x894B  # for TCP, write_seq - snd_nxt: written, not yet sent (tcp_ioctl)
 SIOCOUTQ = 0x5411  # TIOCOUTQ: for TCP, write_seq - snd_una (tcp_ioctl)
 _INT = struct.Struct("i")
 # struct tcp_info (include/uapi/linux/tcp.h): tcpi_bytes_acked and tcpi_bytes_received, u64 at 120.
@@ -102,6 +105,37 @@ class Topology:
         MSG_MORE held back, and loopback delivers it inside the syscall (kernel-notes N1)."""
         for sock in self.socks.values():
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.settle()
+
+    def settle(self, limit: float = SETTLE_LIMIT) -> None:
+        """Wait until every open socket has sent all it wrote (and its FIN): SIOCOUTQNSD 0.
+
+        Loopback usually delivers inside the syscall, but TCP small queues defer a burst of tiny
+        skbs (an apply_bytes of 1 with MSG_EOR makes one per byte) to a tasklet, so the peer can
+        still be missing bytes or the FIN when the next event looks (kernel-notes N7).  The model
+        takes delivery as done; so does the runner, after this.  Called right after pending
+        frames were pushed, so nothing is left that MSG_MORE holds on purpose.  (Not SIOCOUTQ: that also counts
+        bytes delivered but not yet acknowledged, which a delayed ACK keeps for tens of ms.)
+        Bounded: a peer whose receive window is full (sockopts, spec W21) takes nothing more."""
+        deadline = 0.0
+        while True:
+            busy = False
+            for ep, sock in self.socks.items():
+                try:
+                    # Sent, and (the receive softirq can run late, from ksoftirqd) received.
+                    if _unsent(sock) or self.in_flight_to(ep) > 0:
+                        busy = True
+                        break
+                except OSError:
+                    continue
+            if not busy:
+                return
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + limit
+            elif now >= deadline:
+                return
+            time.sleep(0.0002)
 
     def in_flight_to(self, ep: str) -> int:
         """Bytes (and a FIN) that ep's TCP peer wrote that ep has not received yet: sent and
@@ -139,6 +173,10 @@ def tcp_bytes(sock: socket.socket) -> tuple[int, int]:
     the peer and received in order (data and FIN)."""
     info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
     return _TCPI_BYTES.unpack_from(info, _TCPI_BYTES_OFFSET)
+
+
+def _unsent(sock: socket.socket) -> int:
+    return _INT.unpack(fcntl.ioctl(sock.fileno(), SIOCOUTQNSD, _INT.pack(0)))[0]
 
 
 def _unacked(sock: socket.socket) -> int:
