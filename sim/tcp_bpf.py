@@ -18,7 +18,7 @@ from sim.psock import (
     sk_psock_queue_msg,
 )
 from sim.sk_msg import SkMsg, add_ranges, clip_ranges
-from sim.tcp import EAGAIN, EPIPE, MSG_MORE, Sock, sk_stream_error, tcp_recvmsg, tcp_sendmsg_locked
+from sim.tcp import EAGAIN, EPIPE, MSG_MORE, Sock, sk_stream_error, tcp_recvmsg, tcp_reset, tcp_sendmsg_locked
 
 if TYPE_CHECKING:
     from sim.world import World
@@ -188,6 +188,12 @@ def tcp_bpf_send_verdict(w: World, sk: Sock, psock: Psock, msg: SkMsg, copied: i
                 psock.cork = None
             assert target is not None
             origsize = msg.size
+            if sk.pending_reset:
+                # The kernel drops the sender's lock around the redirect (release_sock before
+                # tcp_bpf_sendmsg_redir): an RST waiting in its backlog is processed here, in the
+                # middle of the syscall, not when it ends.  Later runs see the socket reset.
+                sk.pending_reset = False
+                tcp_reset(sk)
             ret = tcp_bpf_sendmsg_redir(w, target, ingress, msg, tosend, flags)
             acct[3] += origsize - msg.size
             if ret < 0:
