@@ -120,6 +120,7 @@ class _State:
     sessions: int = 0
     buckets: list[str] = field(default_factory=list)
     features: set[int] = field(default_factory=set)
+    stream_seed: int | None = None  # the random engine's --seed: resumed runs keep its case stream
 
 
 def _pack_features(fs: set[int]) -> str:
@@ -150,6 +151,7 @@ def _state_to_bytes(s: _State) -> bytes:
         "seed_cursor": s.seed_cursor,
         "sessions": s.sessions,
         "buckets": s.buckets,
+        "stream_seed": s.stream_seed,
         "feature_count": len(s.features),
         "features": _pack_features(s.features),
     }
@@ -179,6 +181,7 @@ def _state_from_bytes(data: bytes) -> _State:
             sessions=int(body["sessions"]),
             buckets=list(body["buckets"]),
             features=_unpack_features(body["features"]),
+            stream_seed=None if body.get("stream_seed") is None else int(body["stream_seed"]),
         )
     except (KeyError, TypeError, ValueError, zlib.error) as e:
         raise ValueError(f"a field is missing or malformed ({e})") from None
@@ -205,7 +208,8 @@ def _recover_from_events(path: Path) -> tuple[_State | None, str]:
             c = ev["counters"]
             s = _State(**{n: int(c[n]) for n in COUNTERS}, elapsed=float(c["elapsed"]),
                        start_time=float(c["start_time"]), last_find=c["last_find"],
-                       seed_cursor=int(c["seed_cursor"]), sessions=int(c["sessions"]))
+                       seed_cursor=int(c["seed_cursor"]), sessions=int(c["sessions"]),
+                       stream_seed=None if c.get("stream_seed") is None else int(c["stream_seed"]))
         except (ValueError, KeyError, TypeError, AttributeError):
             continue  # a torn last line, or a line from a foreign tool: skip it
     if s is None:
@@ -342,6 +346,18 @@ class Campaign:
         self._s.hangs += 1
         self.event("hang", **fields)
 
+    def stream_seed(self, requested: int | None, default: int) -> int:
+        """The seed of the random engine's case stream: `requested` (--seed) if given, else the
+        one this campaign ran with before, else `default`.  Case i of the stream is
+        random_case(stream_seed, i) with i from next_seed(), so a resumed campaign with the same
+        stream seed continues the stream instead of repeating it."""
+        s = self._s
+        seed = requested if requested is not None else s.stream_seed if s.stream_seed is not None else default
+        if s.stream_seed is not None and seed != s.stream_seed:
+            self.event("seed_changed", old=s.stream_seed, new=seed)
+        s.stream_seed = seed
+        return seed
+
     def next_seed(self) -> int:
         """The next seed for the random engine; never repeats across restarts."""
         s = self._s
@@ -357,6 +373,14 @@ class Campaign:
     @property
     def execs(self) -> int:
         return self._s.execs
+
+    @property
+    def sessions(self) -> int:
+        return self._s.sessions
+
+    @property
+    def hangs(self) -> int:
+        return self._s.hangs
 
     @property
     def feature_coverage(self) -> int:
@@ -388,6 +412,7 @@ class Campaign:
             "last_find": s.last_find,
             "feature_coverage": len(s.features),
             "seed_cursor": s.seed_cursor,
+            "stream_seed": s.stream_seed,
             "elapsed_seconds": round(elapsed, 1),
             "sessions": s.sessions,
             **self._meta,
@@ -404,7 +429,8 @@ class Campaign:
         s = self._s
         counters = {n: getattr(s, n) for n in COUNTERS}
         counters.update(elapsed=round(self.elapsed(), 3), start_time=s.start_time, last_find=s.last_find,
-                        seed_cursor=max(s.seed_cursor, self._reserved), sessions=s.sessions)
+                        seed_cursor=max(s.seed_cursor, self._reserved), sessions=s.sessions,
+                        stream_seed=s.stream_seed)
         line = json.dumps({"time": round(time.time(), 3), "kind": kind, **fields, "counters": counters},
                           default=str) + "\n"
         self._guard("events", lambda: self._fs.append(self._events_fd, line.encode()))
@@ -448,7 +474,7 @@ class Campaign:
         s = self._s
         snapshot = _State(**{n: getattr(s, n) for n in COUNTERS}, elapsed=self.elapsed(), start_time=s.start_time,
                           last_find=s.last_find, seed_cursor=max(s.seed_cursor, self._reserved),
-                          sessions=s.sessions, buckets=s.buckets, features=s.features)
+                          sessions=s.sessions, buckets=s.buckets, features=s.features, stream_seed=s.stream_seed)
         self._guard("state", lambda: self._fs.write_atomic(self.workdir / STATE, _state_to_bytes(snapshot)))
 
     def _guard(self, what: str, write: Any) -> None:

@@ -1,7 +1,13 @@
 """`diffuzz fuzz` and `diffuzz minimize` (registered by diffuzz/cli.py).
 
     diffuzz fuzz [--duration S] [--cases N] [--seed K] [--jobs J] [--workdir DIR] [--backend interp]
+                 [--engine random|atheris]
     diffuzz minimize CASE -o OUT
+
+`fuzz` keeps a campaign (diffuzz/campaign.py) in WORKDIR: stats.json, events.jsonl, state.json;
+the same command with the same WORKDIR resumes it (counts, elapsed time, coverage, seed cursor).
+Findings go to WORKDIR/findings/.  The repository's corpus/findings/ holds only triaged findings
+that people copy in, so the default WORKDIR is runs/default (relative to the current directory).
 
 The kernel side is the real kernel pool (kernel_runner.pool.KernelPool); the model is sim.run.
 Both are imported when a command runs, so `diffuzz --help` works anywhere.
@@ -22,6 +28,7 @@ from diffuzz.case import Case
 from diffuzz.outcome import Outcome
 
 BACKENDS = ("interp", "bcc")
+ENGINES = ("random", "atheris")
 
 
 def _model() -> Callable[[Case], Outcome]:
@@ -87,45 +94,91 @@ class _StopOnSignal:
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Stop after S seconds.")
 @click.option("--cases", "n_cases", type=click.IntRange(min=1), help="Stop after N cases.")
 @click.option("--seed", type=click.IntRange(min=0, max=(1 << 32) - 1), default=None,
-              help="Seed of the case stream (default: from the clock, printed).")
+              help="Seed of the case stream (default: the resumed campaign's, else from the clock; printed).")
 @click.option("--jobs", type=click.IntRange(min=1), default=None, help="Kernel workers (default: one per core).")
-@click.option("--workdir", type=click.Path(file_okay=False), default="corpus", show_default=True,
-              help="Corpus root: findings go to DIR/findings/<bucket>/.")
+@click.option("--workdir", type=click.Path(file_okay=False), default="runs/default", show_default=True,
+              help="Campaign directory: state, stats.json, events.jsonl; findings in DIR/findings/<bucket>/. "
+                   "Resumed when it holds a campaign.")
+@click.option("--engine", "engine_name", type=click.Choice(ENGINES), default="random", show_default=True,
+              help="random: the seeded case stream, pipelined over all workers; atheris: libFuzzer's "
+                   "coverage-guided loop in-process (feature signal as coverage), one case at a time.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="interp", show_default=True,
               help="Kernel program backend.")
 @click.option("--deadline", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="Seconds before a kernel case counts as a hang.")
 @click.option("--minimize-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Time budget for minimizing one new finding.")
+@click.option("--stats-interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="Seconds between rewrites of WORKDIR/stats.json and state.json.")
 def fuzz(duration: float | None, n_cases: int | None, seed: int | None, jobs: int | None, workdir: str,
-         backend: str, deadline: float, minimize_seconds: float) -> int:
+         engine_name: str, backend: str, deadline: float, minimize_seconds: float, stats_interval: float) -> int:
     """Differential fuzzing: random cases on the kernel and on the model, every difference
     confirmed, minimized and saved under WORKDIR/findings/."""
+    import sys
+
+    from diffuzz.campaign import Campaign, CampaignError
+    from diffuzz.cli import Unusable
     from diffuzz.confirm import Independent
     from diffuzz.corpus import Corpus
     from diffuzz.engine import Engine, FuzzConfig
     from diffuzz.status import Status
 
-    if seed is None:
-        seed = int(time.time()) & 0xFFFF_FFFF
+    if engine_name == "atheris":
+        try:
+            import atheris  # noqa: F401
+        except ImportError:
+            raise Unusable("--engine atheris needs atheris: .venv/bin/pip install atheris") from None
     model = _model()
-    pool = _pool(jobs or (os.cpu_count() or 1), backend, deadline)
-    corpus = Corpus(workdir)
-    corpus.remove_stale_tmp()
-    status = Status()
-    independent = Independent(_independent_factory(deadline))
-    engine = Engine(FuzzConfig(seed=seed, cases=n_cases, duration=duration, minimize_seconds=minimize_seconds),
-                    pool, model, corpus, independent, on_event=status.update)
-    status.console.print(f"diffuzz fuzz: seed {seed}, {pool.jobs} kernel worker(s), backend {backend}, "
-                         f"findings in {corpus.findings}/")
     try:
-        with _StopOnSignal(engine):
-            stats = engine.run()
+        campaign = Campaign.open(workdir, sys.argv, os.uname().release, engine_name, flush_interval=stats_interval)
+    except CampaignError as e:
+        raise Unusable(str(e)) from None
+    reason = "error"
+    try:
+        seed = campaign.stream_seed(seed, int(time.time()) & 0xFFFF_FFFF)
+        pool = _pool(jobs or (os.cpu_count() or 1), backend, deadline)
+        corpus = Corpus(workdir)
+        corpus.remove_stale_tmp()
+        status = Status()
+        independent = Independent(_independent_factory(deadline))
+        engine = Engine(FuzzConfig(seed=seed, cases=n_cases, duration=duration, minimize_seconds=minimize_seconds),
+                        pool, model, corpus, independent, on_event=status.update, campaign=campaign)
+        resumed = f", resuming session {campaign.sessions} at case {campaign.execs:,}" if campaign.sessions > 1 else ""
+        status.console.print(f"diffuzz fuzz: engine {engine_name}, seed {seed}, {pool.jobs} kernel worker(s), "
+                             f"backend {backend}, campaign in {workdir}/{resumed}")
+        try:
+            with _StopOnSignal(engine):
+                if engine_name == "atheris":
+                    from diffuzz.fuzz_target import run_engine
+
+                    def finish(st: Any) -> None:  # libFuzzer never returns: the loop ends here
+                        independent.close()
+                        pool.close()
+                        _finish(engine, campaign, status, st, corpus, "interrupted" if engine.stop else "limit reached")
+
+                    stats = run_engine(engine, str(campaign.workdir / "atheris-corpus"), finish)
+                else:
+                    stats = engine.run()
+        finally:
+            independent.close()
+            pool.close()
+        reason = "interrupted" if engine.stop else "limit reached"
+        _finish(engine, campaign, status, stats, corpus, reason)
     finally:
-        independent.close()
-        pool.close()
-    status.close(stats, str(corpus.findings))
+        campaign.close(reason)  # no-op after _finish
     return 0
+
+
+def _finish(engine: Any, campaign: Any, status: Any, stats: Any, corpus: Any, reason: str) -> None:
+    """Save what can be saved, close the campaign, print the summary (and any finding the disk
+    refused, as case JSON, so it is never lost silently)."""
+    import sys
+
+    engine.finish()
+    campaign.close(reason)
+    status.close(stats, str(corpus.findings))
+    for text in engine.unsaved_cases():
+        print(f"diffuzz: UNSAVED finding, case follows:\n{text}", file=sys.stderr, flush=True)
 
 
 @click.command("minimize")

@@ -8,11 +8,25 @@ stops the pipeline only for as long as confirmation and minimization take.
 Dedup before the expensive part: a mismatch whose (differing fields, helpers, events) were
 already minimized in this run is re-run once (so flaky ones still do not count) and then
 counted on the bucket it produced, without minimizing again.
+
+Campaign (diffuzz/campaign.py), when one is given: case i of the stream is
+`source(i)` with i from `campaign.next_seed()`, so a resumed campaign continues the stream; every
+case counts an exec and adds its features (diffuzz/features.py on the model outcome) to the
+campaign's coverage; findings, flaky differences and hangs go through record_*.
+
+Faults the loop survives (tests/faults/):
+- a kernel worker that dies mid-case (error outcome): the case is re-run once on a fresh worker
+  after the batch, and saved under kernel-errors/ only if it fails again;
+- a kernel hang (the pool kills and replaces the worker): a hang finding, the case saved under
+  hangs/, never re-run or minimized (each run would cost the full deadline);
+- a finding that cannot be saved (ENOSPC, any OSError): reported once, kept in memory and
+  retried at every tick (every TICK cases); what is still unsaved at the end is printed as case JSON on stderr.
 """
 
 from __future__ import annotations
 
 import platform
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -22,13 +36,19 @@ from typing import Any
 from diffuzz.case import Case
 from diffuzz.compare import Difference, compare
 from diffuzz.confirm import Independent, rerun
-from diffuzz.corpus import Corpus, Finding, write_atomic
+from diffuzz.corpus import Corpus, Finding, Recorded, write_atomic
+from diffuzz.features import features
 from diffuzz.generate import DEFAULT, GenConfig, random_case, zone_violation
 from diffuzz.minimize import complexity, minimize
 from diffuzz.outcome import Data, Outcome
 from diffuzz.signature import Kinds, Signature, case_features, diff_kinds
 
 Model = Callable[[Case], Outcome]
+Source = Callable[[int], Case]  # case index -> case
+TICK = 8  # cases between ticks: status line, campaign flush (itself rate-limited), unsaved findings
+# Handled after a batch: (case, kernel outcome, index, model outcome or None for a failed
+# kernel run, differences).
+_Later = tuple[Case, Outcome, int, Outcome | None, list[Difference]]
 
 
 class FunctionPool:
@@ -75,9 +95,23 @@ class FuzzStats:
     new_buckets: list[str] = field(default_factory=list)
     last_new: float | None = None
     minimize_seconds: float = 0.0
+    hangs: int = 0  # kernel cases past their deadline (this session)
+    retried: int = 0  # kernel runs that failed and were re-run
+    coverage: int = 0  # distinct features seen (over the whole campaign when there is one)
+    unsaved: int = 0  # findings that could not be written yet (disk full)
+    # Earlier sessions of the same campaign (zero without one): the status shows totals.
+    cases_before: int = 0
+    elapsed_before: float = 0.0
+    sessions: int = 1
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+    def total_cases(self) -> int:
+        return self.cases_before + self.cases
+
+    def total_elapsed(self) -> float:
+        return self.elapsed_before + self.elapsed()
 
     def rate(self) -> float:
         e = self.elapsed()
@@ -87,14 +121,28 @@ class FuzzStats:
 class Engine:
     def __init__(self, config: FuzzConfig, kernel: Any, model: Model, corpus: Corpus,
                  independent: Independent | None = None,
-                 on_event: Callable[[str, FuzzStats], None] | None = None) -> None:
+                 on_event: Callable[[str, FuzzStats], None] | None = None, campaign: Any = None,
+                 source: Source | None = None) -> None:
+        """`campaign`: a diffuzz.campaign.Campaign (or None for a run without state);
+        `source`: case index -> case (default: random_case of the config's seed and generator)."""
         self.cfg = config
         self.kernel = kernel
         self.model = model
         self.corpus = corpus
         self.independent = independent or Independent(None)
         self.on_event = on_event or (lambda what, stats: None)
+        self.campaign = campaign
+        self.source: Source = source or (lambda i: random_case(self.cfg.seed, i, self.cfg.gen))
         self.stats = FuzzStats()
+        if campaign is not None:
+            campaign.stream_seed(config.seed, config.seed)  # recorded, so a resume can keep the stream
+            self.stats.cases_before = campaign.execs
+            self.stats.elapsed_before = campaign.elapsed()
+            self.stats.coverage = campaign.feature_coverage
+            self.stats.sessions = campaign.sessions
+        self._features: set[int] = set()  # without a campaign
+        self._index = 0  # the next case index without a campaign
+        self._unsaved: list[tuple[Finding, str | None]] = []  # (finding, bucket hint) not yet on disk
         self.stop = False
         # (differing fields, helpers, events) of each mismatch minimized in this run -> its bucket
         self._known: dict[tuple[Kinds, tuple[str, ...], tuple[str, ...]], str] = {}
@@ -107,52 +155,133 @@ class Engine:
                 or (cfg.duration is not None and st.elapsed() >= cfg.duration))
 
     def run(self) -> FuzzStats:
-        index = 0
         while not self._done():
             n = self.cfg.batch
             if self.cfg.cases is not None:
                 n = min(n, self.cfg.cases - self.stats.cases)
-            self._batch(index, n)
-            index += n
-            self.on_event("tick", self.stats)
+            self._batch(n)
+            self._tick()
+        self._save_unsaved()
         return self.stats
 
-    def _batch(self, index: int, n: int) -> None:
+    def _next_index(self) -> int:
+        if self.campaign is not None:
+            return int(self.campaign.next_seed())
+        i = self._index
+        self._index += 1
+        return i
+
+    def _tick(self) -> None:
+        if self._unsaved:
+            self._save_unsaved()
+        if self.campaign is not None:
+            self.campaign.maybe_flush()
+        self.on_event("tick", self.stats)
+
+    def _batch(self, n: int) -> None:
         # Cases are generated lazily, as the pool asks for them, so generation overlaps the
         # workers too; `pending` holds the generated cases whose outcomes have not come back.
-        pending: deque[Case] = deque()
+        pending: deque[tuple[int, Case]] = deque()
 
         def feed() -> Iterator[Case]:
-            for i in range(index, index + n):
-                case = random_case(self.cfg.seed, i, self.cfg.gen)
-                pending.append(case)
+            for _ in range(n):
+                i = self._next_index()
+                case = self.source(i)
+                pending.append((i, case))
                 yield case
 
-        # Mismatches wait until the batch's imap is finished: confirming and minimizing use
-        # pool.run, and a pool is driven by one iteration at a time.
-        mismatches = []
+        # Mismatches and failed kernel runs wait until the batch's imap is finished: confirming,
+        # minimizing and re-running use pool.run, and a pool is driven by one iteration at a time.
+        later: list[_Later] = []
         outcomes = self.kernel.imap(feed())
         try:
-            for i, k in enumerate(outcomes, start=index):
-                case = pending.popleft()
-                m = self._model(case, i)
-                self.stats.cases += 1
+            for k in outcomes:
+                i, case = pending.popleft()
                 if _is_error(k):
-                    self._kernel_error(case, k, i)
-                elif m is not None:
-                    diffs = compare(k, m)
-                    if diffs:
-                        mismatches.append((case, k, m, diffs, i))
+                    later.append((case, k, i, None, []))  # counted when it is re-run
+                else:
+                    self._one(case, k, i, later)
                 if self.stop or (self.cfg.duration is not None and self.stats.elapsed() >= self.cfg.duration):
                     break
-                if i % 64 == 0:
-                    self.on_event("tick", self.stats)
+                if self.stats.cases % TICK == 0:
+                    self._tick()
         finally:
             close = getattr(outcomes, "close", None)
             if close is not None:
                 close()  # a stopped batch: the pool finishes what is in flight and forgets it
-        for mismatch in mismatches:
-            self._mismatch(*mismatch)
+        for case, k, i, m, diffs in later:
+            if m is None:
+                # The worker died or failed on this case: run it once more (a fresh worker).
+                self.stats.retried += 1
+                self._event("worker_lost", case_index=i, error=str(k.notes.get("error")))
+                k = self.kernel.run(case)
+                if _is_error(k):
+                    self._count(case, None)
+                    self._kernel_error(case, k, i)
+                    continue
+                self._one(case, k, i, None)
+            else:
+                self._mismatch(case, k, m, diffs, i)
+
+    def _one(self, case: Case, k: Outcome, index: int, later: list[_Later] | None) -> Outcome | None:
+        """One kernel outcome against the model; returns the model outcome.  Mismatches go to
+        `later` (or are handled now when there is no batch in flight)."""
+        m = self._model(case, index)
+        self._count(case, m)
+        if m is None:
+            return None
+        if k.hang and not m.hang:
+            self._hang(case, k, index)
+            return m
+        diffs = compare(k, m)
+        if diffs:
+            if later is not None:
+                later.append((case, k, index, m, diffs))
+            else:
+                self._mismatch(case, k, m, diffs, index)
+        return m
+
+    def one_case(self, case: Case) -> Outcome | None:
+        """Run one case through the whole path (kernel, model, features, confirm, minimize,
+        save) outside the batch loop: the atheris engine's step.  Returns the model outcome."""
+        i = self._next_index()
+        k = self.kernel.run(case)
+        if _is_error(k):
+            self.stats.retried += 1
+            self._event("worker_lost", case_index=i, error=str(k.notes.get("error")))
+            k = self.kernel.run(case)
+            if _is_error(k):
+                self._count(case, None)
+                self._kernel_error(case, k, i)
+                return None
+        m = self._one(case, k, i, None)
+        if self.stats.cases % TICK == 0:
+            self._tick()
+        return m
+
+    def done(self) -> bool:
+        return self._done()
+
+    def finish(self) -> None:
+        """Last attempt at saving what a full disk refused."""
+        self._save_unsaved()
+
+    def _count(self, case: Case, m: Outcome | None) -> None:
+        st = self.stats
+        st.cases += 1
+        fs = features(case, m) if m is not None else frozenset()
+        if self.campaign is not None:
+            self.campaign.record_execs(1)
+            if fs:
+                self.campaign.add_features(fs)
+            st.coverage = self.campaign.feature_coverage
+        else:
+            self._features.update(fs)
+            st.coverage = len(self._features)
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        if self.campaign is not None:
+            self.campaign.event(kind, **fields)
 
     def _model(self, case: Case, index: int) -> Outcome | None:
         try:
@@ -167,13 +296,34 @@ class Engine:
             return None
 
     def _kernel_error(self, case: Case, k: Outcome, index: int) -> None:
-        # The kernel side observed nothing (worker error or death): not a kernel behaviour, but
-        # worth a look, so the case is kept.
+        # The kernel side observed nothing, twice (worker error or death): not a kernel
+        # behaviour, but worth a look, so the case is kept.
         self.stats.kernel_errors += 1
-        d = self.corpus.root / "kernel-errors"
-        d.mkdir(parents=True, exist_ok=True)
-        write_atomic(d / f"seed{self.cfg.seed}-case{index}.json", case.to_json() + "\n")
-        write_atomic(d / f"seed{self.cfg.seed}-case{index}.txt", f"{k.notes.get('error')}\n")
+        self._event("kernel_error", case_index=index, error=str(k.notes.get("error")))
+        self._keep("kernel-errors", case, index, f"{k.notes.get('error')}\n")
+
+    def _hang(self, case: Case, k: Outcome, index: int) -> None:
+        # The pool already killed and replaced the worker.  Not re-run: each run costs the
+        # whole deadline, and a hang finding is read by a person anyway.
+        self.stats.hangs += 1
+        path = self._keep("hangs", case, index, f"{k.notes.get('hang')}\n")
+        if self.campaign is not None:
+            self.campaign.record_hang(case_index=index, saved=path, why=str(k.notes.get("hang")))
+        self.on_event("hang", self.stats)
+
+    def _keep(self, folder: str, case: Case, index: int, why: str) -> str | None:
+        """Save a case that is not a difference (kernel error, hang) as folder/seedS-caseI.*."""
+        d = self.corpus.root / folder
+        name = f"seed{self.cfg.seed}-case{index}"
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            write_atomic(d / f"{name}.json", case.to_json() + "\n")
+            write_atomic(d / f"{name}.txt", why)
+        except OSError as e:
+            print(f"diffuzz: cannot save {d / name}.json: {e.strerror or e}; the case:\n{case.to_json()}",
+                  file=sys.stderr, flush=True)
+            return None
+        return str(d / f"{name}.json")
 
     # ---- a mismatch -------------------------------------------------------------------------
 
@@ -184,6 +334,8 @@ class Engine:
         again = rerun(case, kinds, self.kernel, self.model)
         if not again.reproduced:
             st.flaky += 1
+            if self.campaign is not None:
+                self.campaign.record_flaky(case_index=index, fields=sorted(kinds))
             self.on_event("flaky", st)
             return
         st.findings += 1
@@ -199,8 +351,10 @@ class Engine:
         t0 = time.monotonic()
         # A case from inside the deterministic zone is kept inside it while shrinking.
         admissible = self._in_zone if zone_violation(case, self.cfg.gen) is None else None
-        small, mstats = minimize(case, self._same(kinds), max_seconds=self.cfg.minimize_seconds,
-                                 admissible=admissible)
+        budget = 0.0 if self.stop else self.cfg.minimize_seconds  # a stop saves it unminimized, quickly
+        if self.cfg.duration is not None:  # --duration holds for minimizing too
+            budget = max(0.0, min(budget, self.cfg.duration - st.elapsed()))
+        small, mstats = minimize(case, self._same(kinds), max_seconds=budget, admissible=admissible)
         st.minimize_seconds += time.monotonic() - t0
         final = rerun(small, kinds, self.kernel, self.model)
         if not final.reproduced:  # minimized into a timing-dependent corner: keep the original
@@ -233,17 +387,52 @@ class Engine:
                 notes: dict[str, Any], bucket_hint: str | None = None) -> str:
         release = str(k.notes.get("kernel") or platform.release())
         sig = Signature.of(kinds, case, release)
-        if bucket_hint is not None and sig.bucket() != bucket_hint:
+        finding = Finding(case, k, m, diffs, sig, notes)
+        try:
+            rec = self._save(finding, bucket_hint)
+        except OSError as e:
+            # Disk full (or gone): keep the finding and retry at every tick; never lose it silently.
+            self._unsaved.append((finding, bucket_hint))
+            self.stats.unsaved = len(self._unsaved)
+            name = bucket_hint or sig.bucket()
+            print(f"diffuzz: cannot save finding {name} in {self.corpus.findings}: {e.strerror or e}; "
+                  f"kept in memory ({len(self._unsaved)} unsaved), retrying", file=sys.stderr, flush=True)
+            self._event("problem", about="finding", bucket=name, message=str(e.strerror or e))
+            return name
+        self._saved(rec)
+        return rec.bucket.name
+
+    def _save(self, finding: Finding, bucket_hint: str | None) -> Recorded:
+        if bucket_hint is not None and finding.signature.bucket() != bucket_hint:
             # The unminimized case names another bucket; count it on the one it minimized to.
             hinted = self.corpus.findings / bucket_hint
             if (hinted / "bucket.json").exists():
-                rec = self.corpus.hit(hinted, Finding(case, k, m, diffs, sig, notes))
-                return rec.bucket.name
-        rec = self.corpus.record(Finding(case, k, m, diffs, sig, notes))
+                return self.corpus.hit(hinted, finding)
+        return self.corpus.record(finding)
+
+    def _saved(self, rec: Recorded) -> None:
         if rec.new:
             self.stats.new_buckets.append(rec.bucket.name)
             self.stats.last_new = time.monotonic()
-        return rec.bucket.name
+        if self.campaign is not None:
+            self.campaign.record_finding(rec.bucket.name, new=rec.new)
+
+    def _save_unsaved(self) -> None:
+        """Retry the findings a full disk refused, oldest first; stop at the first failure."""
+        while self._unsaved:
+            finding, hint = self._unsaved[0]
+            try:
+                rec = self._save(finding, hint)
+            except OSError:
+                return
+            self._unsaved.pop(0)
+            self.stats.unsaved = len(self._unsaved)
+            print(f"diffuzz: finding saved after all: {rec.bucket}", file=sys.stderr, flush=True)
+            self._saved(rec)
+
+    def unsaved_cases(self) -> list[str]:
+        """Case JSON of the findings still not on disk (the CLI prints them before exiting)."""
+        return [f.case.to_json() for f, _ in self._unsaved]
 
 
 def _concrete(o: Outcome) -> Outcome:

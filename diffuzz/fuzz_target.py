@@ -23,9 +23,15 @@ DIFFUZZ_MODEL_ONLY=1) runs only the model: coverage-guided search for model cras
 without root.  A model exception is a crash like any other: libFuzzer saves the input.
 
 A difference that reproduces on a second kernel run is saved through diffuzz.corpus under
-$DIFFUZZ_CORPUS (default ./corpus) and then raised as DifferenceFound, so libFuzzer writes a
+$DIFFUZZ_CORPUS (default ./runs/default, like `diffuzz fuzz`) and then raised as DifferenceFound, so libFuzzer writes a
 crash artifact (artifact_prefix) and stops, as ClusterFuzzLite expects.  A difference that does
 not reproduce is counted as flaky and printed once per signature.
+
+In-process engine (`diffuzz fuzz --engine atheris`, `run_engine` below): the same libFuzzer loop
+drives diffuzz.engine.Engine.one_case instead, so a case takes the engine's whole path (confirm,
+minimize, save, campaign state and coverage) and a finding does not stop the run.  libFuzzer
+ends a process with C exit(), which skips Python's clean-up, so the loop ends itself: when the
+engine is done (limit, SIGTERM/SIGINT) the callback runs `finish` and leaves with os._exit(0).
 """
 
 from __future__ import annotations
@@ -163,6 +169,40 @@ class Target:
             return f"nowhere ({e}); the libFuzzer artifact is the reproducer"
 
 
+def run_engine(engine: Any, corpus_dir: str, finish: Callable[[Any], None]) -> Any:
+    """Run `engine` (diffuzz.engine.Engine, kernel pool and campaign attached) under libFuzzer.
+    Never returns: `finish(stats)` then os._exit(0) when the engine is done."""
+    import atheris
+
+    from diffuzz.choice import BytesChooser
+    from diffuzz.generate import generate
+
+    os.makedirs(corpus_dir, exist_ok=True)
+    _mechanism, hit = coverage_hook(atheris)
+
+    def one(data: bytes) -> None:
+        if engine.done():
+            finish(engine.stats)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+        case = generate(BytesChooser(data), engine.cfg.gen)
+        model = engine.one_case(case)
+        if model is not None:
+            hit(features(case, model))
+
+    # SIGINT/SIGTERM stay with Python (the CLI's handler sets engine.stop), so a stop is clean;
+    # libFuzzer's own limits are off, the engine's --duration/--cases decide.
+    # -len_control=0: full-length inputs from the start; short ones decode to near-empty cases
+    # (measured: 41 features after 15 s with length control, 124 without).
+    argv = [sys.argv[0], corpus_dir, "-handle_int=0", "-handle_term=0", "-max_len=4096", "-len_control=0",
+            "-print_final_stats=0", "-verbosity=0"]
+    atheris.Setup(argv, one)
+    atheris.Fuzz()
+    finish(engine.stats)  # not reached with libFuzzer; kept for a fuzzer that does return
+    os._exit(0)
+
+
 def _load_model() -> Callable[[Case], Outcome]:
     try:
         import sim
@@ -185,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         raise SystemExit("diffuzz.fuzz_target needs atheris: pip install atheris") from None
     mechanism, hit = coverage_hook(atheris)
-    target = Target(hit, model_only, os.environ.get("DIFFUZZ_CORPUS", "corpus"))
+    target = Target(hit, model_only, os.environ.get("DIFFUZZ_CORPUS", "runs/default"))
     print(f"diffuzz.fuzz_target: {'model only' if model_only else 'kernel vs model'}, "
           f"feature coverage via {mechanism}", file=sys.stderr)
     atheris.Setup(argv, target)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from diffuzz.case import Case, Invocation, MapEntry, PushData, Send, loads_case
@@ -77,13 +78,15 @@ def test_write_atomic_replaces_whole_and_leaves_no_temporary(tmp_path):
     assert [x.name for x in tmp_path.iterdir()] == ["f.json"]
 
 
-def _killed_writer(tmp_path: Path, body: str) -> None:
+def _killed_writer(tmp_path: Path, body: str, ready: Callable[[], bool] | None = None) -> None:
     script = textwrap.dedent(body)
     proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-    # Let it get well into its writing loop, then kill it without warning.
-    deadline = time.monotonic() + 20
-    while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+    # Let it get well into its writing loop (until `ready`, not a fixed time: a loaded machine
+    # is slow), then kill it without warning.
+    ready = ready or (lambda: (tmp_path / "started").exists())
+    deadline = time.monotonic() + 60
+    while not ready() and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.3)
     os.kill(proc.pid, signal.SIGKILL)
@@ -125,7 +128,7 @@ def test_writer_killed_mid_bucket_leaves_no_half_bucket(tmp_path):
             corpus.record(Finding(case, Outcome("kernel"), Outcome("model"),
                                   (Difference("events[0].ret", 1, 2),), sig))
             i += 1
-    """)
+    """, ready=lambda: len(list(Corpus(tmp_path / "c").buckets())) >= 1)
     corpus = Corpus(tmp_path / "c")
     complete = list(corpus.buckets())
     assert complete, "the writer made no bucket before it was killed"
