@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from diffuzz.case import Case, SockOpt, peer_of
 
 _LINGER_RST = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}: close sends an RST
+TCP_CLOSE = 7  # include/net/tcp_states.h
 SETTLE_LIMIT = 0.2  # seconds Topology.settle waits at most
 SIOCOUTQNSD = 0x894B  # for TCP, write_seq - snd_nxt: written, not yet sent (tcp_ioctl)
 SIOCOUTQ = 0x5411  # TIOCOUTQ: for TCP, write_seq - snd_una (tcp_ioctl)
@@ -122,8 +123,9 @@ class Topology:
             busy = False
             for ep, sock in self.socks.items():
                 try:
-                    # Sent, and (the receive softirq can run late, from ksoftirqd) received.
-                    if _unsent(sock) or self.in_flight_to(ep) > 0:
+                    # Sent, and (the receive softirq can run late, from ksoftirqd) received; a socket
+                    # in TCP_CLOSE (reset) receives nothing more, so nothing is owed to it.
+                    if _unsent(sock) or (_tcp_state(sock) != TCP_CLOSE and self.in_flight_to(ep) > 0):
                         busy = True
                         break
                 except OSError:
@@ -173,6 +175,11 @@ def tcp_bytes(sock: socket.socket) -> tuple[int, int]:
     the peer and received in order (data and FIN)."""
     info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
     return _TCPI_BYTES.unpack_from(info, _TCPI_BYTES_OFFSET)
+
+
+def _tcp_state(sock: socket.socket) -> int:
+    """tcpi_state, the first byte of TCP_INFO."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
 
 
 def _unsent(sock: socket.socket) -> int:
