@@ -6,19 +6,13 @@ Socket work happens in a child process inside a network namespace it creates its
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import fcntl
 import os
-import pickle
 import shutil
 import socket
 import struct
 import subprocess
-import traceback
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,67 +20,16 @@ from kernel_runner import bpf_sys as b
 from kernel_runner import script
 from kernel_runner.elf_loader import BpfObject, ElfError, MapDef
 from kernel_runner.interp_backend import CLANG_FLAGS, find_object
+from tests.kernel.netns_child import in_netns, require_bpf
 
 pytestmark = pytest.mark.kernel
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _require_bpf() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (CAP_BPF, CAP_NET_ADMIN) for bpf() and unshare(CLONE_NEWNET)")
-    try:
-        b.map_create(b.BPF_MAP_TYPE_SOCKMAP, 4, 4, 1).close()
-    except OSError as e:
-        pytest.skip(f"this kernel cannot create a sockmap: {e}")
-
-
 @pytest.fixture(autouse=True)
 def _bpf_available() -> None:
-    _require_bpf()
-
-
-def unshare_net() -> None:
-    """unshare(CLONE_NEWNET) for this process (os.unshare needs Python 3.12)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(0x40000000) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"unshare(CLONE_NEWNET): {os.strerror(e)}")
-
-
-def _lo_up() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        ifreq = struct.pack("16sh14x", b"lo", 0)
-        flags = struct.unpack("16sh14x", fcntl.ioctl(s, 0x8913, ifreq))[1]  # SIOCGIFFLAGS
-        fcntl.ioctl(s, 0x8914, struct.pack("16sh14x", b"lo", flags | 1))  # SIOCSIFFLAGS, IFF_UP
-
-
-def in_netns(fn: Callable[[], Any]) -> Any:
-    """Run fn in a forked child inside a fresh network namespace (lo up); return its result
-    or re-raise its failure (with the child's traceback) in the parent."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never return into pytest
-        code = 0
-        try:
-            os.close(r)
-            unshare_net()
-            _lo_up()
-            payload = pickle.dumps(("ok", fn()))
-        except BaseException:
-            payload = pickle.dumps(("error", traceback.format_exc()))
-            code = 1
-        with os.fdopen(w, "wb") as f:
-            f.write(payload)
-        os._exit(code)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    kind, value = pickle.loads(data)
-    if kind == "error":
-        pytest.fail(f"in netns child:\n{value}")
-    return value
+    require_bpf()
 
 
 def tcp_pair() -> tuple[socket.socket, socket.socket]:

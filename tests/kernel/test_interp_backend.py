@@ -8,15 +8,11 @@ tested elsewhere; this checks what the program sees and does.
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import fcntl
 import os
-import pickle
 import socket
 import struct
 import threading
-import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -40,59 +36,14 @@ from diffuzz.case import (
 from kernel_runner import bpf_sys, script
 from kernel_runner.backend import RawRun
 from kernel_runner.interp_backend import InterpBackend, find_object
+from tests.kernel.netns_child import in_netns, require_bpf
 
 pytestmark = pytest.mark.kernel
 
 
 @pytest.fixture(autouse=True)
 def _bpf_available() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (CAP_BPF, CAP_NET_ADMIN) for bpf() and unshare(CLONE_NEWNET)")
-    try:
-        bpf_sys.map_create(bpf_sys.BPF_MAP_TYPE_SOCKMAP, 4, 4, 1).close()
-    except OSError as e:
-        pytest.skip(f"this kernel cannot create a sockmap: {e}")
-
-
-# --------------------------------------------------------------------------------------
-# helpers (the same small netns runner as test_bpf_layer.py)
-
-
-def _unshare_net() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET
-        e = ctypes.get_errno()
-        raise OSError(e, f"unshare(CLONE_NEWNET): {os.strerror(e)}")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        flags = struct.unpack("16sh14x", fcntl.ioctl(s, 0x8913, struct.pack("16sh14x", b"lo", 0)))[1]
-        fcntl.ioctl(s, 0x8914, struct.pack("16sh14x", b"lo", flags | 1))  # IFF_UP
-
-
-def in_netns(fn: Callable[[], Any]) -> Any:
-    """fn() in a forked child inside a fresh network namespace; its result, or pytest.fail
-    with the child's traceback."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            os.close(r)
-            _unshare_net()
-            payload = pickle.dumps(("ok", fn()))
-        except BaseException:
-            payload = pickle.dumps(("error", traceback.format_exc()))
-            code = 1
-        with os.fdopen(w, "wb") as f:
-            f.write(payload)
-        os._exit(code)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    kind, value = pickle.loads(data)
-    if kind == "error":
-        pytest.fail(f"in netns child:\n{value}")
-    return value
+    require_bpf()
 
 
 def tcp_pair(family: int = socket.AF_INET) -> tuple[socket.socket, socket.socket]:
