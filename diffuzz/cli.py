@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, is_dataclass
 from typing import Any, NoReturn
 
@@ -111,7 +111,8 @@ def load_or_fail(path: str) -> Case:
         raise BadInput(str(e)) from None
 
 
-def run_model(case: Case) -> Outcome:
+def model_runner() -> Callable[[Case], Outcome]:
+    """sim.run, imported lazily; Unusable with the reason when the model cannot be loaded."""
     try:
         import sim
     except ImportError as e:
@@ -119,7 +120,11 @@ def run_model(case: Case) -> Outcome:
     run = getattr(sim, "run", None)
     if run is None:
         raise Unusable("the model is not available: sim.run is missing")
-    return run(case)
+    return run
+
+
+def run_model(case: Case) -> Outcome:
+    return model_runner()(case)
 
 
 def run_kernel(case: Case, backend: str) -> Outcome:

@@ -32,16 +32,9 @@ ENGINES = ("random", "atheris")
 
 
 def _model() -> Callable[[Case], Outcome]:
-    from diffuzz.cli import Unusable
+    from diffuzz.cli import model_runner
 
-    try:
-        import sim
-    except ImportError as e:
-        raise Unusable(f"the model is not available: {e}") from None
-    run = getattr(sim, "run", None)
-    if run is None:
-        raise Unusable("the model is not available: sim.run is missing")
-    return run
+    return model_runner()
 
 
 def _pool(jobs: int, backend: str, deadline: float) -> Any:

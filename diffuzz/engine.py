@@ -211,15 +211,9 @@ class Engine:
                 close()  # a stopped batch: the pool finishes what is in flight and forgets it
         for case, k, i, m, diffs in later:
             if m is None:
-                # The worker died or failed on this case: run it once more (a fresh worker).
-                self.stats.retried += 1
-                self._event("worker_lost", case_index=i, error=str(k.notes.get("error")))
-                k = self.kernel.run(case)
-                if _is_error(k):
-                    self._count(case, None)
-                    self._kernel_error(case, k, i)
-                    continue
-                self._one(case, k, i, None)
+                retried = self._retry_lost(case, k, i)
+                if retried is not None:
+                    self._one(case, retried, i, None)
             else:
                 self._mismatch(case, k, m, diffs, i)
 
@@ -241,19 +235,28 @@ class Engine:
                 self._mismatch(case, k, m, diffs, index)
         return m
 
+    def _retry_lost(self, case: Case, failed: Outcome, i: int) -> Outcome | None:
+        """The worker died or failed on this case: run it once more (a fresh worker).  None,
+        with the case counted and saved as a kernel error, when it fails again."""
+        self.stats.retried += 1
+        self._event("worker_lost", case_index=i, error=str(failed.notes.get("error")))
+        k = self.kernel.run(case)
+        if _is_error(k):
+            self._count(case, None)
+            self._kernel_error(case, k, i)
+            return None
+        return k
+
     def one_case(self, case: Case) -> Outcome | None:
         """Run one case through the whole path (kernel, model, features, confirm, minimize,
         save) outside the batch loop: the atheris engine's step.  Returns the model outcome."""
         i = self._next_index()
         k = self.kernel.run(case)
         if _is_error(k):
-            self.stats.retried += 1
-            self._event("worker_lost", case_index=i, error=str(k.notes.get("error")))
-            k = self.kernel.run(case)
-            if _is_error(k):
-                self._count(case, None)
-                self._kernel_error(case, k, i)
+            retried = self._retry_lost(case, k, i)
+            if retried is None:
                 return None
+            k = retried
         m = self._one(case, k, i, None)
         if self.stats.cases % TICK == 0:
             self._tick()

@@ -204,14 +204,12 @@ def run_engine(engine: Any, corpus_dir: str, finish: Callable[[Any], None]) -> A
 
 
 def _load_model() -> Callable[[Case], Outcome]:
+    from diffuzz.cli import Unusable, model_runner
+
     try:
-        import sim
-    except ImportError as e:
-        raise SystemExit(f"diffuzz.fuzz_target: the model is not available: {e}") from None
-    run = getattr(sim, "run", None)
-    if run is None:
-        raise SystemExit("diffuzz.fuzz_target: the model is not available: sim.run is missing")
-    return run
+        return model_runner()
+    except Unusable as e:
+        raise SystemExit(f"diffuzz.fuzz_target: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> None:
