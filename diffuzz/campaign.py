@@ -35,6 +35,7 @@ import base64
 import errno
 import fcntl
 import json
+import math
 import os
 import sys
 import time
@@ -235,7 +236,7 @@ class Campaign:
         self._t0 = time.monotonic()
         self._elapsed0 = state.elapsed
         self._execs0 = state.execs
-        self._last_flush = 0.0
+        self._last_flush = -math.inf  # the first call flushes (monotonic time starts at boot)
         self._samples: deque[tuple[float, int]] = deque([(self._t0, state.execs)])
         self._reserved = state.seed_cursor  # end of the seed block recorded on disk
         self._failing: dict[str, str] = {}  # what -> the error, while saving it keeps failing

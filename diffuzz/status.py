@@ -8,6 +8,7 @@ the campaign's totals follow in brackets.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -54,7 +55,7 @@ class Status:
     def __init__(self, console: Console | None = None, log_every: float = 10.0) -> None:
         self.console = console or Console(stderr=True)
         self.log_every = log_every
-        self._last_log = 0.0
+        self._last_log = -math.inf  # the first line prints at once (monotonic time starts at boot)
         self._live: Live | None = None
         # Live redraws only when both stdout and the status stream are terminals: `> log` with
         # stderr still on the screen is a logged run too.

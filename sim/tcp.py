@@ -7,7 +7,8 @@ rules of tcp_sendmsg_locked / sk_stream_error (EPIPE + SIGPIPE, pending sk_err),
 reset a closed socket answers data with, close with unread data (RST), FIONREAD.
 
 MSG_MORE (from the user, or set by tcp_bpf_push at an apply boundary, spec §5.1) holds
-the partial segment in the sender's write queue (`wq`) until something pushes it: a later
+the partial last skb in the sender's write queue (`wq`; earlier skbs, which MSG_EOR cuts,
+leave at once: WriteQueue, kernel-notes N8) until something pushes it: a later
 send without MSG_MORE, the FIN of shutdown/close, a FIN from the peer or a data segment that
 takes the slow path (tcp_data_snd_check; see tcp_deliver), or the runner, which pushes pending
 frames on every open socket before each recv, fionread and the final drain (docs/execution.md).
@@ -16,8 +17,10 @@ An RST (received, or sent by close) purges the write queue, so held bytes are th
 Limits (documented, not modelled): send and receive buffers are unlimited, so blocking
 sends never block and MSG_DONTWAIT never returns EAGAIN; SO_SNDBUF / SO_RCVBUF from
 `sockopts` are ignored (spec W21 shows their effect depends on timing, §10).  The RST a
-closed peer sends back in answer to data takes effect when the sending syscall ends (the
-sender holds its socket lock, so the RST is processed from the backlog at release_sock).
+closed peer sends back in answer to data waits in the sender's backlog (`pending_reset`: the
+sender holds its socket lock) and takes effect at the release_sock of that lock: the end of a
+sock_sendmsg call, a redirect in the verdict loop, or the end of a redirect target's push
+(docs/kernel-notes.md N9).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ EINVAL = 22
 
 MSG_PEEK = 0x2
 MSG_DONTWAIT = 0x40
+MSG_EOR = 0x80
 MSG_NOSIGNAL = 0x4000
 MSG_MORE = 0x8000
 
@@ -77,6 +81,52 @@ class RxQueue:
         return data, unk
 
 
+class WriteQueue(RxQueue):
+    """sk_write_queue: bytes written to TCP and not yet sent, cut into skbs.
+
+    tcp_sendmsg_locked adds to the tail skb while it has room (size_goal: one MSS on loopback)
+    and may take more (tcp_skb_can_collapse_to: not once MSG_EOR ended it); otherwise it starts a
+    new skb.  tcp_write_xmit sends every skb but the last with TCP_NAGLE_PUSH; only the last
+    one is tested against the cork (MSG_MORE), so MSG_MORE holds at most one partial skb.
+    """
+
+    __slots__ = ("eor", "skbs")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skbs: list[int] = []  # skb lengths, head first
+        self.eor = False  # the tail skb was ended by MSG_EOR
+
+    def queue(self, data: bytes, unk: Ranges, size_goal: int, eor: bool) -> None:
+        self.append(data, unk)
+        n = len(data)
+        if self.skbs and not self.eor:
+            room = min(size_goal - self.skbs[-1], n)
+            if room > 0:
+                self.skbs[-1] += room
+                n -= room
+        while n:
+            k = min(size_goal, n)
+            self.skbs.append(k)
+            n -= k
+        if data:  # the EOR mark is set only once bytes were copied
+            self.eor = eor
+
+    def sendable(self, cork: bool, mss: int) -> int:
+        """Bytes tcp_write_xmit sends now: all, or all but a partial last skb when corked."""
+        if cork and self.skbs and self.skbs[-1] < mss:
+            return len(self.buf) - self.skbs[-1]
+        return len(self.buf)
+
+    def send(self, n: int) -> tuple[bytes, list[tuple[int, int]]]:
+        """Take the first n bytes (whole skbs, from sendable) off the queue."""
+        left = n
+        while left:
+            left -= self.skbs.pop(0)
+        assert left == 0, "sendable() sends whole skbs"
+        return self.take(n, False)
+
+
 class Sock:
     """One TCP endpoint (struct sock / tcp_sock), named c<i> or p<i>."""
 
@@ -109,7 +159,7 @@ class Sock:
         self.closed = False  # the case closed the fd (the sock may linger as an orphan)
         self.pending_reset = False  # an RST is waiting in the backlog (module docstring)
         self.rq = RxQueue()
-        self.wq = RxQueue()  # bytes written to TCP but held back by MSG_MORE
+        self.wq = WriteQueue()  # bytes written to TCP but held back by MSG_MORE
         self.psock: Psock | None = None
         # Byte accounting of this socket's sk_msg sends, for the model's own invariant tests:
         # [accepted into messages, pushed by helpers, popped by helpers, handed to TCP or an
@@ -140,7 +190,7 @@ def tcp_reset(sk: Sock) -> None:
         return
     sk.sk_err = EPIPE if sk.state == CLOSE_WAIT else ECONNRESET
     sk.state = CLOSE
-    sk.wq = RxQueue()  # tcp_write_queue_purge
+    sk.wq = WriteQueue()  # tcp_write_queue_purge
     sk.send_shutdown = sk.rcv_shutdown = True
 
 
@@ -195,11 +245,10 @@ def tcp_sendmsg_locked(sig: list[bool], sk: Sock, data: bytes, unk: Ranges, flag
     if data:
         # A 0-byte call copies nothing and so pushes nothing (tcp_sendmsg_locked: "if (copied)").
         wq = sk.wq
-        wq.append(data, unk)
-        if not flags & MSG_MORE:
-            tcp_push_pending_frames(sk)
-        elif len(wq.buf) >= sk.mss:
-            out, u = wq.take(len(wq.buf) // sk.mss * sk.mss, False)
+        wq.queue(data, unk, sk.mss, bool(flags & MSG_EOR))
+        n = wq.sendable(bool(flags & MSG_MORE), sk.mss)  # tcp_push: MSG_MORE -> TCP_NAGLE_CORK
+        if n:
+            out, u = wq.send(n)
             tcp_deliver(sk, out, u)
     return len(data)
 
@@ -207,7 +256,7 @@ def tcp_sendmsg_locked(sig: list[bool], sk: Sock, data: bytes, unk: Ranges, flag
 def tcp_push_pending_frames(sk: Sock) -> None:
     """Send everything held in the write queue to the peer."""
     if sk.wq.buf:
-        data, unk = sk.wq.take(len(sk.wq.buf), False)
+        data, unk = sk.wq.send(len(sk.wq.buf))
         tcp_deliver(sk, data, unk)
 
 
@@ -256,7 +305,7 @@ def tcp_send_active_reset(sk: Sock) -> None:
     if sk.state != CLOSE and not peer.closed:
         tcp_reset(peer)
     sk.state = CLOSE
-    sk.wq = RxQueue()  # tcp_write_queue_purge: held bytes are never sent
+    sk.wq = WriteQueue()  # tcp_write_queue_purge: held bytes are never sent
 
 
 def tcp_shutdown(sk: Sock, how: int) -> int:

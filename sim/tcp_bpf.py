@@ -102,7 +102,14 @@ def tcp_bpf_sendmsg_redir(w: World, sk: Sock, ingress: bool, msg: SkMsg, nbytes:
         return -EPIPE
     if ingress:
         return bpf_tcp_ingress(w, sk, psock, msg, nbytes)
-    return tcp_bpf_push(w, sk, msg, nbytes, flags)
+    ret = tcp_bpf_push(w, sk, msg, nbytes, flags)
+    if sk.pending_reset:
+        # tcp_bpf_push_locked holds the target's lock only around this push: an RST that its
+        # segments provoked waits in the target's backlog and is processed at its release_sock,
+        # before the next run (a later run's push then fails, sk_stream_wait_connect).
+        sk.pending_reset = False
+        tcp_reset(sk)
+    return ret
 
 
 def tcp_bpf_send_verdict(w: World, sk: Sock, psock: Psock, msg: SkMsg, copied: int, flags: int) -> tuple[int, int]:

@@ -127,8 +127,16 @@ class World:
         that captured the program, §1.1), else plain tcp_sendmsg."""
         psock = sk.psock
         if psock is not None and psock.prog:
-            return tcp_bpf_sendmsg(self, sk, data, flags)
-        return tcp_sendmsg_locked(self.sig, sk, data, None, flags)
+            ret = tcp_bpf_sendmsg(self, sk, data, flags)
+        else:
+            ret = tcp_sendmsg_locked(self.sig, sk, data, None, flags)
+        if sk.pending_reset:
+            # Both take the socket lock for one call: the RST that call's segments provoked
+            # is processed at its release_sock, so a splice/sendfile's next sock_sendmsg of
+            # the same syscall already finds the socket reset.
+            sk.pending_reset = False
+            tcp_reset(sk)
+        return ret
 
     def payload(self, i: int, size: int) -> bytes:
         """Case.payload_for(i), with the alphabet's running offset kept here instead of
