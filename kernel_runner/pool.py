@@ -186,39 +186,43 @@ class KernelPool:
         return next(self.imap([case]))
 
     def imap(self, cases: Iterable[Case]) -> Iterator[Outcome]:
-        """Run cases on every worker at once; yield their outcomes in input order."""
+        """Run cases on every worker at once; yield their outcomes in input order.
+
+        Iterations may nest (a run() while an imap() is open, e.g. to re-check a case before
+        reading on): each one tracks its own sequence numbers, so neither takes the other's
+        answers and neither's queued cases are dropped by the other."""
         it = iter(cases)
-        first = self._seq
-        nxt = first  # the next seq to yield
+        mine: deque[int] = deque()  # this iteration's seqs not yet yielded, in input order
         window = self.jobs * self.depth * 4  # results held for ordering, at most
         exhausted = False
         try:
             while True:
-                while not exhausted and self._seq - nxt < window and len(self._queue) < self.jobs * self.depth:
+                while not exhausted and len(mine) < window and len(self._queue) < self.jobs * self.depth:
                     try:
                         case = next(it)
                     except StopIteration:
                         exhausted = True
                         break
                     self._queue.append((self._seq, case.to_json(indent=None).encode() + b"\n"))
+                    mine.append(self._seq)
                     self._seq += 1
                 self._dispatch()
-                if nxt in self._results:
-                    outcome = self._results.pop(nxt)
-                    nxt += 1
-                    yield outcome
+                if mine and mine[0] in self._results:
+                    yield self._results.pop(mine.popleft())
                     continue
-                if exhausted and nxt == self._seq:
+                if exhausted and not mine:
                     return
                 self._pump()
         finally:
-            # An abandoned iteration: finish what the workers hold so that no late answer is
-            # taken for a later case, and forget it.
-            self._queue.clear()
-            while any(w.inflight for w in self._workers):
-                self._pump()
-            for seq in [s for s in self._results if s >= first]:
-                del self._results[seq]
+            # Ended or abandoned: this iteration's queued cases leave the queue; the ones workers
+            # hold are finished (their answers must not be read as a later case's) and dropped.
+            if mine:
+                ours = set(mine)
+                self._queue = deque(item for item in self._queue if item[0] not in ours)
+                while any(seq in ours for w in self._workers for seq, _ in w.inflight):
+                    self._pump()
+                for seq in ours:
+                    self._results.pop(seq, None)
 
     def pids(self) -> list[int]:
         """The worker processes' pids (they change when a worker is replaced)."""

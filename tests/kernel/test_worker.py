@@ -137,6 +137,16 @@ def test_imap_keeps_input_order_on_every_worker() -> None:
         assert next(it).events[0].ret == 1
         it.close()
         assert pool.run(pass_case(77)).events[0].ret == 77
+        # Iterations nest: a run inside an open imap gets its own answer, and the outer one
+        # then reads on with every case of its own, in order (its queue was not dropped).
+        it = pool.imap(pass_case(n) for n in range(1, 41))
+        assert next(it).events[0].ret == 1
+        assert pool.run(pass_case(99)).events[0].ret == 99
+        inner = pool.imap(pass_case(n) for n in (101, 102, 103))
+        assert next(inner).events[0].ret == 101
+        inner.close()  # abandoned mid-way inside the outer iteration
+        assert [o.events[0].ret for o in it] == list(range(2, 41))
+        assert pool.run(pass_case(8)).events[0].ret == 8
 
 
 @kernel
