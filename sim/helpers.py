@@ -113,6 +113,8 @@ def bpf_msg_pull_data(msg: SkMsg, start: int, end: int, flags: int) -> int:
         return -EINVAL  # end > size
     if copy > MAX_ALLOC:
         return -ENOMEM
+    for e in elems[i:j]:
+        e.put(len(e.data))  # the merged elements' pages are put once copied
     elems[i:j] = [concat(elems[i:j])]  # whole elements merged into one new page, copy bit clear
     return 0
 
@@ -144,6 +146,7 @@ def bpf_msg_push_data(msg: SkMsg, start: int, ln: int, flags: int) -> int:
         e = elems[i]
         k = start - off
         elems[i] = concat([e.slice(0, k), new, e.slice(k, len(e.data))])
+        e.put(len(e.data))  # put_page of the element copied into the new page
     elif i == len(elems):
         # Append (start == size).  With a full ring the kernel overflows the ring
         # (spec §6.5 last row, undefined); the model appends an 18th element.
@@ -179,24 +182,30 @@ def bpf_msg_pop_data(msg: SkMsg, start: int, ln: int, flags: int) -> int:
         b = elen - pop - a
         if b > 0:
             if space:
-                # e_i keeps [0, a); the tail [a+pop, len) moves to its own slot (same page).
+                # e_i keeps [0, a); the tail [a+pop, len) moves to its own slot (same page,
+                # get_page for it): only the popped bytes leave the page.
                 elems[i : i + 1] = [e.slice(0, a), e.slice(a + pop, elen)]
+                e.put(pop)
             else:
                 elems[i] = concat([e.slice(0, a), e.slice(a + pop, elen)])
+                e.put(elen)  # copied to a new page, put_page(orig)
             pop = 0
         else:
             pop -= elen - a
             elems[i] = e.slice(0, a)
+            e.put(elen - a)
         i += 1
     while pop:
         e = elems[i]
         elen = len(e.data)
         if pop < elen:
             elems[i] = e.slice(pop, elen)
+            e.put(pop)
             pop = 0
         else:
             pop -= elen
             del elems[i]
+            e.put(elen)  # sk_msg_shift_left: put_page
     msg.size -= ln
     return 0
 

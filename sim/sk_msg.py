@@ -57,13 +57,40 @@ def remove_range(unk: Ranges, a: int, b: int) -> Ranges:
     return out or None
 
 
+class Page:
+    """A page-frag page (struct page), kept for two facts: its identity (coalescing in
+    sk_msg_alloc, spec §2.1) and whether anyone besides the frag still holds it.
+
+    skb_page_frag_refill (net/core/sock.c) starts a page again at offset 0 when
+    page_ref_count(page) == 1, i.e. when the frag's own reference is the last one.  The
+    other references are the scatterlist elements' (get_page in sk_msg_alloc and in the
+    split of bpf_msg_pop_data / bpf_msg_push_data; put_page in sk_msg_free_elem,
+    sk_msg_shift_left and the copy/merge paths of pop, push and pull), the skbs' (TCP takes
+    its own reference for each chunk tcp_bpf_push hands it with MSG_SPLICE_PAGES) and the
+    ingress messages' (bpf_tcp_ingress moves the element's reference).
+
+    `held` counts the bytes of this page that an element, an skb or an ingress message still
+    refers to.  A scatterlist element holds its reference exactly while it has bytes (every
+    put_page site above empties or retires the element), so "held == 0" is the kernel's
+    "page_ref_count == 1".  Bytes handed to TCP or to an ingress queue are never subtracted:
+    within one syscall (the life of a fresh thread's frag, spec §2.2) the events of a case
+    never read them, so their references stay.
+    """
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held = 0
+
+
 class Elem:
     """One used scatterlist slot: its bytes, their unknown ranges, the page it lives in
-    (identity only: page-frag coalescing, spec §2.1) and the sg.copy bit."""
+    (a page-frag `Page`, see there) and the sg.copy bit."""
 
     __slots__ = ("copy", "data", "page", "pend", "unk")
 
-    def __init__(self, data: bytes, unk: Ranges = None, page: object = None, pend: int = 0, copy: bool = False):
+    def __init__(self, data: bytes, unk: Ranges = None, page: Page | None = None, pend: int = 0,
+                 copy: bool = False):
         self.data = data
         self.unk = unk
         self.page = page  # the page-frag page, or None for pages from alloc_pages (push/pop/pull)
@@ -74,10 +101,17 @@ class Elem:
         """Bytes [a, b) of this element, still in the same page."""
         return Elem(self.data[a:b], clip_ranges(self.unk, a, b), self.page, self.pend - len(self.data) + b, self.copy)
 
+    def put(self, n: int) -> None:
+        """n of this element's bytes no longer refer to its page: trimmed by a pop, or the
+        element freed or copied to a new page (put_page).  See `Page`."""
+        if self.page is not None:
+            self.page.held -= n
+
 
 def concat(parts: list[Elem]) -> Elem:
     """One element on a freshly allocated page holding parts in order (the merge/copy
-    paths of pull, push and pop allocate with alloc_pages, not the page frag)."""
+    paths of pull, push and pop allocate with alloc_pages, not the page frag).  The callers
+    put the page references of the elements they replace (`Elem.put`)."""
     unk: list[tuple[int, int]] = []
     pos = 0
     for p in parts:
@@ -109,6 +143,8 @@ class SkMsg:
         """sk_msg_free / __sk_msg_free: drop every byte and re-init the struct (metadata
         zeroed too: sk_msg_init), returning the bytes freed."""
         freed = self.size
+        for e in self.elems:
+            e.put(len(e.data))  # sk_msg_free_elem: put_page
         self.elems = []
         self.size = 0
         self.apply_bytes = 0
