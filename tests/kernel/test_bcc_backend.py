@@ -37,7 +37,7 @@ from diffuzz.case import (
     Write,
 )
 from diffuzz.outcome import Data, Outcome, Run, RunContext, StepRecord
-from kernel_runner import bpf_sys
+from kernel_runner import bcc_backend, bpf_sys
 from kernel_runner.bcc_backend import BccBackend, patch_map_fds
 from kernel_runner.c_codegen import (
     RECORDS_FD_PLACEHOLDER,
@@ -130,6 +130,18 @@ def test_same_program_text_compiles_once(backend: BccBackend) -> None:
     assert backend.compiles == 1
     backend.prepare(other_map_type).finish()
     assert backend.compiles == 2
+
+
+def test_compile_cache_keeps_the_most_recently_used(backend: BccBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bcc_backend, "CACHED_PROGRAMS", 2)
+    a, b, c = (Case(map=MapSpec("sockmap", 4), program=(Invocation((ApplyBytes(n),), SK_PASS),)) for n in (1, 2, 3))
+    for case in (a, b, a, c):  # c evicts b (a was used after b)
+        backend.prepare(case).finish()
+    assert backend.compiles == 3
+    backend.prepare(a).finish()
+    assert backend.compiles == 3  # still cached
+    backend.prepare(b).finish()
+    assert backend.compiles == 4  # compiled again
 
 
 def test_patch_map_fds_replaces_placeholders_and_rejects_other_maps() -> None:
