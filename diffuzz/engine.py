@@ -19,6 +19,8 @@ Faults the loop survives (tests/faults/):
   after the batch, and saved under kernel-errors/ only if it fails again;
 - a kernel hang (the pool kills and replaces the worker): a hang finding, the case saved under
   hangs/, never re-run or minimized (each run would cost the full deadline);
+- a difference that does not reproduce: counted as flaky, not a finding, and kept under flaky/
+  with both runs' differences (a kernel race looks like this);
 - a finding that cannot be saved (ENOSPC, any OSError): reported once, kept in memory and
   retried at every tick (every TICK cases); what is still unsaved at the end is printed as case JSON on stderr.
 """
@@ -36,7 +38,7 @@ from typing import Any
 from diffuzz.case import Case
 from diffuzz.compare import Difference, compare
 from diffuzz.confirm import Independent, rerun
-from diffuzz.corpus import Corpus, Finding, Recorded, write_atomic
+from diffuzz.corpus import Corpus, Finding, Recorded, format_diff, write_atomic
 from diffuzz.features import features
 from diffuzz.generate import DEFAULT, GenConfig, random_case, zone_violation
 from diffuzz.minimize import complexity, minimize
@@ -46,6 +48,9 @@ from diffuzz.signature import Kinds, Signature, case_features, diff_kinds
 Model = Callable[[Case], Outcome]
 Source = Callable[[int], Case]  # case index -> case
 TICK = 8  # cases between ticks: status line, campaign flush (itself rate-limited), unsaved findings
+# Flaky cases kept per work directory: measured 25 in 526,000 cases (15 min, one worker), so a
+# day-long campaign stays under it; past it only the flaky event is written.
+FLAKY_KEPT = 1000
 # Handled after a batch: (case, kernel outcome, index, model outcome or None for a failed
 # kernel run, differences).
 _Later = tuple[Case, Outcome, int, Outcome | None, list[Difference]]
@@ -142,6 +147,7 @@ class Engine:
             self.stats.sessions = campaign.sessions
         self._features: set[int] = set()  # without a campaign
         self._index = 0  # the next case index without a campaign
+        self._flaky_kept: int | None = None  # cases in flaky/ (counted on first use)
         self._unsaved: list[tuple[Finding, str | None]] = []  # (finding, bucket hint) not yet on disk
         self.stop = False
         # (differing fields, helpers, events) of each mismatch minimized in this run -> its bucket
@@ -315,7 +321,7 @@ class Engine:
         self.on_event("hang", self.stats)
 
     def _keep(self, folder: str, case: Case, index: int, why: str) -> str | None:
-        """Save a case that is not a difference (kernel error, hang) as folder/seedS-caseI.*."""
+        """Save a case that is not a finding (kernel error, hang, flaky) as folder/seedS-caseI.*."""
         d = self.corpus.root / folder
         name = f"seed{self.cfg.seed}-case{index}"
         try:
@@ -328,6 +334,21 @@ class Engine:
             return None
         return str(d / f"{name}.json")
 
+    def _keep_flaky(self, case: Case, index: int, first: list[Difference],
+                    again: tuple[Difference, ...]) -> str | None:
+        """Keep a difference that did not reproduce in flaky/ (at most FLAKY_KEPT of them per
+        work directory).  Not a finding, but a difference that comes and goes may be a kernel
+        race or a runner that does not wait long enough: a person should be able to look."""
+        if self._flaky_kept is None:
+            d = self.corpus.root / "flaky"
+            self._flaky_kept = sum(1 for _ in d.glob("*.json")) if d.is_dir() else 0
+        if self._flaky_kept >= FLAKY_KEPT:
+            return None
+        self._flaky_kept += 1
+        rerun_said = (f"the re-run differed in other fields:\n{format_diff(case, again)}" if again
+                      else "the re-run agreed with the model")
+        return self._keep("flaky", case, index, f"first run:\n{format_diff(case, first)}\n{rerun_said}\n")
+
     # ---- a mismatch -------------------------------------------------------------------------
 
     def _mismatch(self, case: Case, k: Outcome, m: Outcome, diffs: list[Difference], index: int) -> None:
@@ -337,8 +358,9 @@ class Engine:
         again = rerun(case, kinds, self.kernel, self.model)
         if not again.reproduced:
             st.flaky += 1
+            path = self._keep_flaky(case, index, diffs, again.differences)
             if self.campaign is not None:
-                self.campaign.record_flaky(case_index=index, fields=sorted(kinds))
+                self.campaign.record_flaky(case_index=index, fields=sorted(kinds), saved=path)
             self.on_event("flaky", st)
             return
         st.findings += 1

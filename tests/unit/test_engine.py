@@ -13,10 +13,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 from rich.console import Console
 
+import diffuzz.engine as engine_module
 from diffuzz.campaign import EVENTS, Campaign
-from diffuzz.case import Case
+from diffuzz.case import Case, loads_case
 from diffuzz.corpus import Corpus, Finding, Recorded
 from diffuzz.engine import Engine, FunctionPool, FuzzConfig, FuzzStats
 from diffuzz.features import features
@@ -103,8 +105,29 @@ def test_flaky_difference_is_an_event(tmp_path: Path) -> None:
                 campaign=camp).run()
     camp.close("test")
     assert st.flaky == 5 and st.findings == 0
-    assert [e["kind"] for e in _events(tmp_path)].count("flaky") == 5
+    flaky = [e for e in _events(tmp_path) if e["kind"] == "flaky"]
+    assert len(flaky) == 5
     assert not (tmp_path / "findings").exists() or not list((tmp_path / "findings").iterdir())
+    # Each one is kept for a person: the case, and what the first run and the re-run saw.
+    for e in flaky:
+        saved = Path(e["saved"])
+        assert saved.parent == tmp_path / "flaky" and loads_case(saved.read_text()) in calls
+        why = saved.with_suffix(".txt").read_text()
+        assert why.startswith("first run:") and "the re-run agreed with the model" in why
+
+
+def test_flaky_cases_kept_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "FLAKY_KEPT", 3)
+    seen: set[Case] = set()
+
+    def first_run_wrong(case: Case) -> Outcome:
+        first = case not in seen
+        seen.add(case)
+        return _off_by_one(case) if first else _model()(case)
+
+    st = Engine(FuzzConfig(seed=2, cases=5, batch=5), FunctionPool(first_run_wrong), _model(),
+                Corpus(tmp_path)).run()
+    assert st.flaky == 5 and len(list((tmp_path / "flaky").glob("*.json"))) == 3
 
 
 class _Scripted(FunctionPool):
