@@ -3,7 +3,13 @@
 # a container shares it.  Running needs BPF privileges; see docs/long-runs.md ("Docker").
 #
 #   docker build -t diffuzz .
-#   docker run --rm --privileged -v "$PWD/runs:/runs" diffuzz diffuzz fuzz --help
+#   docker run --rm --privileged --pid=host -v "$PWD/runs:/runs" diffuzz diffuzz fuzz --help
+#
+# --pid=host is needed by every kernel case: the sk_msg program takes its thread id from
+# bpf_get_current_pid_tgid(), an id in the host's PID namespace, while the worker knows its send
+# threads by gettid() in the container's.  In a private PID namespace they never match (every
+# case would differ in runs[*].ctx.task), so the kernel workers refuse to start there
+# (kernel_runner/pidns.py) and the entrypoint warns at once.
 FROM debian:bookworm
 
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -20,5 +26,6 @@ VOLUME ["/runs"]
 
 # setup.sh runs again at start (about a second): the host's kernel release is only known now,
 # and bcc (the confirmation backend) needs /lib/modules/$(uname -r)/build linked for it.
-ENTRYPOINT ["/bin/sh", "-c", "bash scripts/setup.sh >&2 && exec \"$@\"", "diffuzz-entry"]
+# 4026531836 is the initial PID namespace's fixed inode (PROC_PID_INIT_INO).
+ENTRYPOINT ["/bin/sh", "-c", "[ \"$(readlink /proc/self/ns/pid)\" = 'pid:[4026531836]' ] || echo 'diffuzz-entry: WARNING: private PID namespace: run with --pid=host, or every kernel case differs in runs[*].ctx.task (see the Dockerfile)' >&2; bash scripts/setup.sh >&2 && exec \"$@\"", "diffuzz-entry"]
 CMD ["diffuzz", "fuzz"]

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kernel_runner.pidns import probe_pid_namespace
+
 ROOT = Path(__file__).resolve().parent.parent
 BPF_DIR = ROOT / "bpf"
 
@@ -283,6 +285,9 @@ def run_checks() -> list[Check]:
     bpf = probe_bpf()
     checks.append(Check("bpf() syscall", bpf is None, "BPF_MAP_CREATE of an array map works" if bpf is None else bpf,
                         "run as root on a kernel with CONFIG_BPF_SYSCALL=y"))
+    pidns = probe_pid_namespace()
+    checks.append(Check("PID namespace", pidns is None, "the initial one (BPF thread ids match gettid())"
+                        if pidns is None else pidns, "run the container with --pid=host (docs/long-runs.md, Docker)"))
     sockmap = probe_sockmap()
     config = kernel_config()
     if config is not None:

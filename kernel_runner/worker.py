@@ -35,6 +35,7 @@ from diffuzz.outcome import Outcome
 from kernel_runner.backend import Backend, KernelUnsupported
 from kernel_runner.executor import Executor, block_sigpipe
 from kernel_runner.netns import enter_new_netns
+from kernel_runner.pidns import probe_pid_namespace
 
 # Backend name -> (module, class).  Imported only when asked for: bcc_backend pulls in bcc.
 BACKENDS: Mapping[str, tuple[str, str]] = {
@@ -118,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
             # (virtualised) host a cross-CPU wake-up costs 3-5 ms at the 99th percentile instead
             # of 0.1 ms (bench/kernel_throughput.py).
             os.sched_setaffinity(0, {args.cpu})
+        pidns = probe_pid_namespace()
+        if pidns:
+            raise KernelUnsupported(pidns)
         if not args.no_netns:
             enter_new_netns()
         backend = load_backend(args.backend)

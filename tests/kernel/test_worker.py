@@ -17,6 +17,7 @@ from diffuzz.case import Case, Invocation, MapEntry, Send, SockOpt
 from diffuzz.outcome import Data, EventResult, loads_outcome
 from kernel_runner.backend import KernelUnsupported
 from kernel_runner.netns import NOT_ROOT
+from kernel_runner.pidns import FOREIGN_PID_NS
 from kernel_runner.pool import KernelPool, is_error
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,6 +88,18 @@ def test_worker_without_privileges_says_so() -> None:
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 2, err.decode()
     assert json.loads(out.splitlines()[0]) == {"fatal": NOT_ROOT}
+
+
+def test_worker_in_a_private_pid_namespace_says_so() -> None:
+    # A container without --pid=host: the programs' thread ids (initial namespace) would never
+    # match the worker's gettid(), so the worker refuses with the fix instead of running.
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    proc = start_worker("--backend", "interp", prefix=(unshare, "--pid", "--fork", "--"))
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2, err.decode()
+    assert json.loads(out.splitlines()[0]) == {"fatal": FOREIGN_PID_NS}
 
 
 @kernel
