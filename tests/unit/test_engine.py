@@ -19,6 +19,7 @@ from rich.console import Console
 import diffuzz.engine as engine_module
 from diffuzz.campaign import EVENTS, Campaign
 from diffuzz.case import Case, loads_case
+from diffuzz.confirm import Independent
 from diffuzz.corpus import Corpus, Finding, Recorded
 from diffuzz.engine import Engine, FunctionPool, FuzzConfig, FuzzStats
 from diffuzz.features import features
@@ -205,3 +206,23 @@ def test_status_without_a_terminal_prints_at_most_every_log_every() -> None:
         status.update(what, st)
     assert out.getvalue().count("cases 5") == 1
     assert "coverage 77" in status_text(st).plain
+
+
+def test_findings_after_a_stop_are_saved_without_the_independent_check(tmp_path: Path) -> None:
+    built: list[int] = []
+
+    def independent_runner() -> FunctionPool:
+        built.append(1)  # the bcc pool would be started here (0.4 s per program compiled)
+        return FunctionPool(_off_by_one)
+
+    def kernel(case: Case) -> Outcome:
+        engine.stop = True  # SIGTERM (or --duration passing) while the batch's first case runs
+        return _off_by_one(case)
+
+    engine = Engine(FuzzConfig(seed=3, batch=4, minimize_seconds=5), FunctionPool(kernel), _model(),
+                    Corpus(tmp_path), independent=Independent(independent_runner))
+    st = engine.run()  # the mismatch of that case is still confirmed and saved, quickly
+    assert st.findings == 1 and built == []
+    [bucket] = st.new_buckets
+    md = (tmp_path / "findings" / bucket / "finding.md").read_text()
+    assert "independent backend: not checked: the run's time was up" in md
