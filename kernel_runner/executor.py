@@ -322,7 +322,7 @@ class _CaseRun:
             if sender is not None:
                 self.runs.append(to_run(raw, sender[1], sender[0], endpoint_at))
             else:
-                ep = endpoint_at(raw.local_ip, raw.local_port) or "?"
+                ep = endpoint_at(raw.local_ip, raw.local_port, None) or "?"
                 self.runs.append(to_run(raw, ep, f"?{raw.tid}", endpoint_at))
 
     def _collect_runs(self, i: int, ep: str, tid: int) -> None:

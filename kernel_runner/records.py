@@ -15,15 +15,18 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
+from diffuzz.case import peer_of
 from diffuzz.outcome import Run, RunContext, StepRecord
 from kernel_runner.backend import RawRun
 
-EndpointAt = Callable[[bytes, int], "str | None"]
+EndpointAt = Callable[[bytes, int, "str | None"], "str | None"]  # (ip, port, preferred name) -> name
 
 
 def to_run(raw: RawRun, ep: str, task: int | str, endpoint_at: EndpointAt) -> Run:
     """The Run for one record.  ep is the endpoint whose send ran the program, task the
-    index of the event whose thread ran it (or "?<tid>")."""
+    index of the event whose thread ran it (or "?<tid>").  An address two endpoints share
+    names ep (local) or its peer (remote) when it is theirs (Topology.endpoint_at)."""
+    peer = peer_of(ep) if ep[:1] in ("c", "p") else None
     return Run(
         ep=ep,
         size_in=raw.size_in,
@@ -33,8 +36,9 @@ def to_run(raw: RawRun, ep: str, task: int | str, endpoint_at: EndpointAt) -> Ru
         verdict=raw.verdict,
         ctx=RunContext(
             family=raw.family,
-            local=endpoint_name(raw.local_ip, raw.local_port, endpoint_at),
-            remote=endpoint_name(raw.remote_ip, remote_port_host(raw.remote_port), endpoint_at, raw.remote_port),
+            local=endpoint_name(raw.local_ip, raw.local_port, endpoint_at, prefer=ep),
+            remote=endpoint_name(raw.remote_ip, remote_port_host(raw.remote_port), endpoint_at, raw.remote_port,
+                                 prefer=peer),
             task=task,
         ),
     )
@@ -48,9 +52,10 @@ def remote_port_host(remote_port: int) -> int:
     return socket.ntohs(remote_port >> 16)
 
 
-def endpoint_name(ip: bytes, port: int, endpoint_at: EndpointAt, raw_port: int | None = None) -> str:
+def endpoint_name(ip: bytes, port: int, endpoint_at: EndpointAt, raw_port: int | None = None,
+                  prefer: str | None = None) -> str:
     """The endpoint at (ip, port), or "?<ip>:<port as the program read it>" ("?[<ip6>]:<port>")."""
-    name = endpoint_at(ip, port)
+    name = endpoint_at(ip, port, prefer)
     if name is not None:
         return name
     shown = port if raw_port is None else raw_port

@@ -41,7 +41,7 @@ class Topology:
         self.family = family
         self.socks: dict[str, socket.socket] = {}
         self.closed: set[str] = set()
-        self.addresses: dict[tuple[bytes, int], str] = {}
+        self.addresses: dict[tuple[bytes, int], tuple[str, ...]] = {}  # (ip, port) -> endpoints bound there
         self.acked0: dict[str, int] = {}  # tcpi_bytes_acked right after the connection was made
 
     @classmethod
@@ -76,8 +76,8 @@ class Topology:
         self.acked0[f"p{i}"] = tcp_bytes(p)[0]
         ip = socket.inet_pton(self.family, laddr[0])
         # The accepted socket's local address is the listener's; the connector's is what accept() saw.
-        self.addresses[(ip, caddr[1])] = f"c{i}"
-        self.addresses[(ip, laddr[1])] = f"p{i}"
+        for port, ep in ((caddr[1], f"c{i}"), (laddr[1], f"p{i}")):
+            self.addresses[(ip, port)] = (*self.addresses.get((ip, port), ()), ep)
 
     def _set_bufs(self, opt: SockOpt) -> None:
         sock = self.socks[opt.ep]
@@ -153,8 +153,15 @@ class Topology:
         except OSError:
             return 0
 
-    def endpoint_at(self, ip: bytes, port: int) -> str | None:
-        return self.addresses.get((ip, port))
+    def endpoint_at(self, ip: bytes, port: int, prefer: str | None = None) -> str | None:
+        """The endpoint bound to (ip, port), or None.  Two connectors to different listeners can
+        get the same ephemeral port (connect() needs only the 4-tuple to be unique; seen as
+        flaky runs[*].ctx differences): then the port names the endpoint `prefer` if it is one
+        of them (the record's sender, or its peer), and nobody otherwise."""
+        names = self.addresses.get((ip, port), ())
+        if len(names) == 1:
+            return names[0]
+        return prefer if prefer in names else None
 
     def open_endpoints(self) -> Iterator[tuple[str, socket.socket]]:
         return iter(self.socks.items())

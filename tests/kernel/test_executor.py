@@ -42,6 +42,7 @@ from diffuzz.outcome import Data, Endpoint, EventResult, Outcome, Run, RunContex
 from kernel_runner.backend import RawRun
 from kernel_runner.pool import KernelPool, is_error
 from kernel_runner.records import endpoint_name, remote_port_host, to_run
+from kernel_runner.topology import Topology
 
 ABC = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 AF_INET, AF_INET6 = 2, 10
@@ -304,17 +305,30 @@ def test_records_decode_local_host_order_remote_network_order() -> None:
     lo = socket.inet_aton("127.0.0.1")
     table = {(lo, 40000): "c0", (lo, 1234): "p0"}
     raw = _raw(local_port=40000, remote_port=socket.htons(1234) << 16)
-    run = to_run(raw, "c0", 0, lambda ip, port: table.get((ip, port)))
+    run = to_run(raw, "c0", 0, lambda ip, port, prefer: table.get((ip, port)))
     assert run.ctx == RunContext(family=AF_INET, local="c0", remote="p0", task=0)
     assert run.steps == (StepRecord(rc=0, win=3), StepRecord(rc=-22, win=3))
     # The same numbers read the other way round name nobody: reported raw, as the program saw them.
-    swapped = to_run(_raw(socket.htons(40000), 1234 << 16), "c0", "?77", lambda ip, port: table.get((ip, port)))
+    swapped = to_run(_raw(socket.htons(40000), 1234 << 16), "c0", "?77", lambda ip, port, prefer: table.get((ip, port)))
     assert swapped.ctx.local == f"?127.0.0.1:{socket.htons(40000)}"
     assert swapped.ctx.remote == f"?127.0.0.1:{1234 << 16}"
     assert swapped.ctx.task == "?77"
 
 
+def test_a_port_two_connectors_share_names_the_sender_or_its_peer() -> None:
+    # connect() gives c0 and c1 the same ephemeral port when their listeners differ.
+    lo = socket.inet_aton("127.0.0.1")
+    topo = Topology(AF_INET)
+    topo.addresses = {(lo, 40000): ("c0", "c1"), (lo, 1000): ("p0",), (lo, 1001): ("p1",)}
+    c1 = to_run(_raw(local_port=40000, remote_port=socket.htons(1001) << 16), "c1", 0, topo.endpoint_at)
+    assert (c1.ctx.local, c1.ctx.remote) == ("c1", "p1")
+    p0 = to_run(_raw(local_port=1000, remote_port=socket.htons(40000) << 16), "p0", 1, topo.endpoint_at)
+    assert (p0.ctx.local, p0.ctx.remote) == ("p0", "c0")
+    # Nothing to choose by (a thread no send had): the shared port names nobody.
+    assert topo.endpoint_at(lo, 40000, None) is None and topo.endpoint_at(lo, 1000, None) == "p0"
+
+
 def test_records_unknown_ipv6_and_wide_remote_port() -> None:
-    assert endpoint_name(socket.inet_pton(socket.AF_INET6, "::1"), 80, lambda ip, port: None) == "?[::1]:80"
+    assert endpoint_name(socket.inet_pton(socket.AF_INET6, "::1"), 80, lambda ip, port, prefer: None) == "?[::1]:80"
     assert remote_port_host(0x59C2_0000) == 0xC259
     assert remote_port_host(0x0000_59C2) == -1  # the port in the low half: no kernel reads it so
