@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     if "--model-only" in argv:
         argv.remove("--model-only")  # ours, not libFuzzer's
         model_only = True
+        os.environ["DIFFUZZ_MODEL_ONLY"] = "1"  # -fork/-jobs children get libFuzzer's flags only
     try:
         import atheris
     except ImportError:
