@@ -76,30 +76,30 @@ def test_worker_runs_in_its_own_network_namespace() -> None:
         proc.wait()
 
 
+def fatal_line_under(tool: str, *args: str) -> dict[str, str]:
+    """Start an interp worker under `tool args --` (util-linux) and return its one fatal line."""
+    path = shutil.which(tool)
+    if path is None:
+        pytest.skip(f"{tool} (util-linux) is not installed")
+    proc = start_worker("--backend", "interp", prefix=(path, *args, "--"))
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2, err.decode()
+    return json.loads(out.splitlines()[0])
+
+
 @kernel
 def test_worker_without_privileges_says_so() -> None:
     # Root whose capabilities are gone (an unprivileged container): setpriv empties the bounding
     # set, so the exec'd worker has no CAP_SYS_ADMIN / CAP_BPF / CAP_NET_ADMIN.  It stays uid 0,
     # so it can still read a checkout in a private directory.
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("setpriv (util-linux) is not installed")
-    proc = start_worker("--backend", "interp", prefix=(setpriv, "--bounding-set=-all", "--inh-caps=-all", "--"))
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 2, err.decode()
-    assert json.loads(out.splitlines()[0]) == {"fatal": NOT_ROOT}
+    assert fatal_line_under("setpriv", "--bounding-set=-all", "--inh-caps=-all") == {"fatal": NOT_ROOT}
 
 
+@kernel
 def test_worker_in_a_private_pid_namespace_says_so() -> None:
     # A container without --pid=host: the programs' thread ids (initial namespace) would never
     # match the worker's gettid(), so the worker refuses with the fix instead of running.
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        pytest.skip("unshare (util-linux) is not installed")
-    proc = start_worker("--backend", "interp", prefix=(unshare, "--pid", "--fork", "--"))
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 2, err.decode()
-    assert json.loads(out.splitlines()[0]) == {"fatal": FOREIGN_PID_NS}
+    assert fatal_line_under("unshare", "--pid", "--fork") == {"fatal": FOREIGN_PID_NS}
 
 
 @kernel
