@@ -194,6 +194,14 @@ def tcp_reset(sk: Sock) -> None:
     sk.send_shutdown = sk.rcv_shutdown = True
 
 
+def release_sock(sk: Sock) -> None:
+    """release_sock: the backlog is processed, so an RST that arrived while the lock was held
+    (`pending_reset`, see the module docstring) takes effect now."""
+    if sk.pending_reset:
+        sk.pending_reset = False
+        tcp_reset(sk)
+
+
 def tcp_fin(sk: Sock) -> None:
     """tcp_fin: the peer's FIN arrived after all its data."""
     if sk.state == CLOSE:

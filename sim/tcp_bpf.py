@@ -18,7 +18,16 @@ from sim.psock import (
     sk_psock_queue_msg,
 )
 from sim.sk_msg import SkMsg, add_ranges, clip_ranges
-from sim.tcp import EAGAIN, EPIPE, MSG_MORE, Sock, sk_stream_error, tcp_recvmsg, tcp_reset, tcp_sendmsg_locked
+from sim.tcp import (
+    EAGAIN,
+    EPIPE,
+    MSG_MORE,
+    Sock,
+    release_sock,
+    sk_stream_error,
+    tcp_recvmsg,
+    tcp_sendmsg_locked,
+)
 
 if TYPE_CHECKING:
     from sim.world import World
@@ -103,12 +112,10 @@ def tcp_bpf_sendmsg_redir(w: World, sk: Sock, ingress: bool, msg: SkMsg, nbytes:
     if ingress:
         return bpf_tcp_ingress(w, sk, psock, msg, nbytes)
     ret = tcp_bpf_push(w, sk, msg, nbytes, flags)
-    if sk.pending_reset:
-        # tcp_bpf_push_locked holds the target's lock only around this push: an RST that its
-        # segments provoked waits in the target's backlog and is processed at its release_sock,
-        # before the next run (a later run's push then fails, sk_stream_wait_connect).
-        sk.pending_reset = False
-        tcp_reset(sk)
+    # tcp_bpf_push_locked holds the target's lock only around this push: an RST that its
+    # segments provoked is processed here, before the next run (whose push then fails in
+    # sk_stream_wait_connect).
+    release_sock(sk)
     return ret
 
 
@@ -195,12 +202,10 @@ def tcp_bpf_send_verdict(w: World, sk: Sock, psock: Psock, msg: SkMsg, copied: i
                 psock.cork = None
             assert target is not None
             origsize = msg.size
-            if sk.pending_reset:
-                # The kernel drops the sender's lock around the redirect (release_sock before
-                # tcp_bpf_sendmsg_redir): an RST waiting in its backlog is processed here, in the
-                # middle of the syscall, not when it ends.  Later runs see the socket reset.
-                sk.pending_reset = False
-                tcp_reset(sk)
+            # The kernel drops the sender's lock around the redirect (release_sock before
+            # tcp_bpf_sendmsg_redir): an RST waiting in its backlog is processed here, in the
+            # middle of the syscall, not when it ends.  Later runs see the socket reset.
+            release_sock(sk)
             ret = tcp_bpf_sendmsg_redir(w, target, ingress, msg, tosend, flags)
             acct[3] += origsize - msg.size
             if ret < 0:

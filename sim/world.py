@@ -53,7 +53,7 @@ from sim.helpers import ModelHang
 from sim.page_frag import PageFrag
 from sim.sockmap import SockMap
 from sim.splice import do_sendfile, do_splice
-from sim.tcp import Sock, tcp_close, tcp_push_pending_frames, tcp_reset, tcp_sendmsg_locked, tcp_shutdown
+from sim.tcp import Sock, release_sock, tcp_close, tcp_push_pending_frames, tcp_sendmsg_locked, tcp_shutdown
 from sim.tcp_bpf import tcp_bpf_ioctl_inq, tcp_bpf_recvmsg, tcp_bpf_sendmsg
 
 AF_INET = 2
@@ -130,12 +130,10 @@ class World:
             ret = tcp_bpf_sendmsg(self, sk, data, flags)
         else:
             ret = tcp_sendmsg_locked(self.sig, sk, data, None, flags)
-        if sk.pending_reset:
-            # Both take the socket lock for one call: the RST that call's segments provoked
-            # is processed at its release_sock, so a splice/sendfile's next sock_sendmsg of
-            # the same syscall already finds the socket reset.
-            sk.pending_reset = False
-            tcp_reset(sk)
+        # Both take the socket lock for one call: the RST that call's segments provoked is
+        # processed at its release_sock, so a splice/sendfile's next sock_sendmsg of the same
+        # syscall already finds the socket reset.
+        release_sock(sk)
         return ret
 
     def payload(self, i: int, size: int) -> bytes:
@@ -178,9 +176,7 @@ class World:
         """RSTs that answered data sent to a closed socket are processed once the sender
         releases its socket lock, i.e. after the syscall (sim/tcp.py)."""
         for sk in self.socks.values():
-            if sk.pending_reset:
-                sk.pending_reset = False
-                tcp_reset(sk)
+            release_sock(sk)
 
     # ---- other events --------------------------------------------------------------------
 
