@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 import click
 
 from diffuzz.case import Case, CaseError, load_case
+from diffuzz.cli_options import profile_option
 from diffuzz.outcome import Outcome
 
 SIDES = ("kernel", "model")
@@ -111,20 +112,27 @@ def load_or_fail(path: str) -> Case:
         raise BadInput(str(e)) from None
 
 
-def model_runner() -> Callable[[Case], Outcome]:
-    """sim.run, imported lazily; Unusable with the reason when the model cannot be loaded."""
+def model_runner(choice: Any) -> Callable[[Case], Outcome]:
+    """sim.run under the chosen profile (diffuzz.probes.ProfileChoice), imported lazily;
+    Unusable with the reason when the model cannot be loaded."""
     try:
-        import sim
+        from diffuzz.probes import model_for
     except ImportError as e:
         raise Unusable(f"the model is not available: {e}") from None
-    run = getattr(sim, "run", None)
-    if run is None:
-        raise Unusable("the model is not available: sim.run is missing")
-    return run
+    return model_for(choice)
 
 
-def run_model(case: Case) -> Outcome:
-    return model_runner()(case)
+def choose_profile(forced: str | None, kernel: Callable[[Case], Outcome] | None) -> Any:
+    """The ProfileChoice: the kernel probed when one is given (diffuzz/probes.py), --kernel-profile
+    honoured; an unknown profile name is bad input."""
+    from diffuzz.probes import choose_profile as choose
+    from diffuzz.probes import probe_and_choose
+    from sim.profile import UnknownProfile
+
+    try:
+        return probe_and_choose(kernel, forced) if kernel is not None else choose((), forced)
+    except UnknownProfile as e:
+        raise BadInput(str(e)) from None
 
 
 def run_kernel(case: Case, backend: str) -> Outcome:
@@ -151,8 +159,6 @@ def run_kernel(case: Case, backend: str) -> Outcome:
     return outcome
 
 
-def run_side(case: Case, side: str, backend: str) -> Outcome:
-    return run_kernel(case, backend) if side == "kernel" else run_model(case)
 
 
 def _json_default(value: Any) -> Any:
@@ -180,8 +186,10 @@ _backend_option = click.option(
 @click.option("--side", type=click.Choice(SIDES), required=True, help="Which side runs the case.")
 @click.option("--json", "as_json", is_flag=True, help="Print the Outcome as JSON (docs/case-format.md).")
 @_backend_option
-def run(case: str, side: str, as_json: bool, backend: str) -> int:
-    """Run CASE on one side and print what it observed.
+@profile_option
+def run(case: str, side: str, as_json: bool, backend: str, kernel_profile: str | None) -> int:
+    """Run CASE on one side and print what it observed.  The model runs under --kernel-profile,
+    else under the profile this kernel's probes choose (the reference profile without a kernel).
 
     \b
     Examples:
@@ -190,7 +198,10 @@ def run(case: str, side: str, as_json: bool, backend: str) -> int:
     """
     loaded = load_or_fail(case)
     try:
-        outcome = run_side(loaded, side, backend)
+        if side == "kernel":
+            outcome = run_kernel(loaded, backend)
+        else:
+            outcome = model_runner(_model_profile(kernel_profile, backend))(loaded)
     except CaseFailed as e:
         raise CaseFailed(f"{case}: {e.message}") from None
     if as_json:
@@ -208,12 +219,15 @@ def run(case: str, side: str, as_json: bool, backend: str) -> int:
               help="One JSON object per case per line: case, agree, differences, kernel, model.")
 @click.option("-v", "--verbose", is_flag=True, help="Show the full view for agreeing cases too.")
 @_backend_option
-def reproduce(cases: tuple[str, ...], as_json: bool, verbose: bool, backend: str) -> int:
+@profile_option
+def reproduce(cases: tuple[str, ...], as_json: bool, verbose: bool, backend: str, kernel_profile: str | None) -> int:
     """Run each CASE on the kernel and on the model and show where they differ.
 
     The case is printed as a step list, then both outcomes side by side with the differing
-    rows marked. Exit 0 when every case agrees, 1 when any differs, 2 for bad input, a
-    machine that cannot run the kernel side, or a case the kernel side could not run.
+    rows marked.  The model runs under the kernel profile the probes choose (or --kernel-profile),
+    named on the first line (and in every --json record).  Exit 0 when every case agrees, 1 when
+    any differs, 2 for bad input, a machine that cannot run the kernel side, or a case the kernel
+    side could not run.
 
     \b
     Examples:
@@ -225,6 +239,10 @@ def reproduce(cases: tuple[str, ...], as_json: bool, verbose: bool, backend: str
     # Read every file first: a typo in the tenth file should not cost nine kernel runs.
     loaded = [(path, load_or_fail(path)) for path in cases]
     show_all = verbose or len(loaded) == 1
+    choice = choose_profile(kernel_profile, lambda c: run_kernel(c, backend))
+    run_model = model_runner(choice)
+    if not as_json:
+        click.echo(f"diffuzz reproduce: {choice.line()}")
     differing = failed = 0
     view: Any = None
     if not as_json:
@@ -249,6 +267,7 @@ def reproduce(cases: tuple[str, ...], as_json: bool, verbose: bool, backend: str
         if as_json:
             record = {
                 "case": path,
+                "kernel_profile": choice.profile.name,
                 "agree": not diffs,
                 "differences": [{"path": d.path, "kernel": d.kernel, "model": d.model} for d in diffs],
                 "kernel": kernel.to_dict(),
@@ -266,16 +285,33 @@ def reproduce(cases: tuple[str, ...], as_json: bool, verbose: bool, backend: str
     return 1 if differing else 0
 
 
+def _model_profile(forced: str | None, backend: str) -> Any:
+    """For the model alone: --kernel-profile as given; else probe this kernel when it can run
+    cases, and the reference profile (said on stderr) when it cannot."""
+    if forced is not None:
+        return choose_profile(forced, None)
+    try:
+        return choose_profile(None, lambda c: run_kernel(c, backend))
+    except Unusable as e:
+        click.echo(f"diffuzz: note: model under the reference kernel profile; the kernel cannot be probed: "
+                   f"{_one_line(e.format_message())}", err=True)
+        return choose_profile(None, None)
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as a JSON list.")
-def doctor(as_json: bool) -> int:
+@profile_option
+def doctor(as_json: bool, kernel_profile: str | None) -> int:
     """Check that this machine can run the kernel side, and say how to fix what is missing.
 
-    Exit 0 when everything the main job needs is there, else 2.
+    The "kernel profile" line names the profile this kernel's probes choose and each probe's
+    result.  Exit 0 when everything the main job needs is there, else 2.
     """
     from diffuzz import doctor as checks
 
-    results = checks.run_checks()
+    if kernel_profile is not None:
+        choose_profile(kernel_profile, None)  # an unknown name is bad input before any probing
+    results = checks.run_checks(kernel_profile)
     if as_json:
         click.echo(json.dumps([asdict(r) for r in results], indent=1))
     else:

@@ -25,16 +25,28 @@ from typing import Any
 import click
 
 from diffuzz.case import Case
+from diffuzz.cli_options import profile_option
 from diffuzz.outcome import Outcome
 
 BACKENDS = ("interp", "bcc")
 ENGINES = ("random", "atheris")
 
 
-def _model() -> Callable[[Case], Outcome]:
-    from diffuzz.cli import model_runner
+def _profiled_model(forced: str | None, pool: Any) -> tuple[Any, Callable[[Case], Outcome]]:
+    """Probe the kernel through the pool (diffuzz/probes.py) and bind the model to the chosen
+    profile: (ProfileChoice, model)."""
+    from diffuzz.cli import choose_profile, model_runner
 
-    return model_runner()
+    choice = choose_profile(forced, pool.run)
+    return choice, model_runner(choice)
+
+
+def _check_profile_name(forced: str | None) -> None:
+    """An unknown --kernel-profile is bad input before any worker starts."""
+    if forced is not None:
+        from diffuzz.cli import choose_profile
+
+        choose_profile(forced, None)
 
 
 def _pool(jobs: int, backend: str, deadline: float) -> Any:
@@ -103,10 +115,14 @@ class _StopOnSignal:
               help="Time budget for minimizing one new finding.")
 @click.option("--stats-interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
               help="Seconds between rewrites of WORKDIR/stats.json and state.json.")
+@profile_option
 def fuzz(duration: float | None, n_cases: int | None, seed: int | None, jobs: int | None, workdir: str,
-         engine_name: str, backend: str, deadline: float, minimize_seconds: float, stats_interval: float) -> int:
+         engine_name: str, backend: str, deadline: float, minimize_seconds: float, stats_interval: float,
+         kernel_profile: str | None) -> int:
     """Differential fuzzing: random cases on the kernel and on the model, every difference
-    confirmed, minimized and saved under WORKDIR/findings/."""
+    confirmed, minimized and saved under WORKDIR/findings/.  The model runs under the kernel
+    profile the probes choose (or --kernel-profile), named on the first line and recorded in
+    stats.json, events.jsonl and every finding."""
     import sys
 
     from diffuzz.campaign import Campaign, CampaignError
@@ -121,7 +137,7 @@ def fuzz(duration: float | None, n_cases: int | None, seed: int | None, jobs: in
             import atheris  # noqa: F401
         except ImportError:
             raise Unusable("--engine atheris needs atheris: .venv/bin/pip install atheris") from None
-    model = _model()
+    _check_profile_name(kernel_profile)
     try:
         campaign = Campaign.open(workdir, sys.argv, os.uname().release, engine_name, flush_interval=stats_interval)
     except CampaignError as e:
@@ -130,6 +146,8 @@ def fuzz(duration: float | None, n_cases: int | None, seed: int | None, jobs: in
     try:
         seed = campaign.stream_seed(seed, int(time.time()) & 0xFFFF_FFFF)
         pool = _pool(jobs or (os.cpu_count() or 1), backend, deadline)
+        choice, model = _profiled_model(kernel_profile, pool)
+        campaign.set_kernel_profile(choice.to_dict())
         corpus = Corpus(workdir)
         corpus.remove_stale_tmp()
         status = Status()
@@ -137,8 +155,8 @@ def fuzz(duration: float | None, n_cases: int | None, seed: int | None, jobs: in
         engine = Engine(FuzzConfig(seed=seed, cases=n_cases, duration=duration, minimize_seconds=minimize_seconds),
                         pool, model, corpus, independent, on_event=status.update, campaign=campaign)
         resumed = f", resuming session {campaign.sessions} at case {campaign.execs:,}" if campaign.sessions > 1 else ""
-        status.console.print(f"diffuzz fuzz: engine {engine_name}, seed {seed}, {pool.jobs} kernel worker(s), "
-                             f"backend {backend}, campaign in {workdir}/{resumed}")
+        status.console.print(f"diffuzz fuzz: {choice.line()}, engine {engine_name}, seed {seed}, "
+                             f"{pool.jobs} kernel worker(s), backend {backend}, campaign in {workdir}/{resumed}")
         try:
             with _StopOnSignal(engine):
                 if engine_name == "atheris":
@@ -181,7 +199,9 @@ def _finish(engine: Any, campaign: Any, status: Any, stats: Any, corpus: Any, re
 @click.option("--deadline", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
 @click.option("--max-seconds", type=click.FloatRange(min=0), default=300.0, show_default=True,
               help="Stop minimizing after this long and keep the best so far.")
-def minimize(case_path: str, output: str, backend: str, deadline: float, max_seconds: float) -> int:
+@profile_option
+def minimize(case_path: str, output: str, backend: str, deadline: float, max_seconds: float,
+             kernel_profile: str | None) -> int:
     """Shrink a CASE whose kernel and model outcomes differ, keeping the same differing
     fields, and write the smallest case found to OUT."""
     from diffuzz.cli import BadInput, load_or_fail
@@ -193,9 +213,11 @@ def minimize(case_path: str, output: str, backend: str, deadline: float, max_sec
     from diffuzz.signature import diff_kinds
 
     case = load_or_fail(case_path)
-    model = _model()
+    _check_profile_name(kernel_profile)
     pool = _pool(1, backend, deadline)
     try:
+        choice, model = _profiled_model(kernel_profile, pool)
+        click.echo(f"diffuzz minimize: {choice.line()}")
         k = pool.run(case)
         if "error" in k.notes:
             raise BadInput(f"{case_path}: the kernel side could not run it: {k.notes['error']}")

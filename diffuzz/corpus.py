@@ -7,7 +7,8 @@
         diff.txt      the case as a step list and every difference, for people
         finding.md    triage: status (new | model-fixed | kernel-bug | documented), count,
                       first/last seen, explanation.  People edit status and explanation.
-        bucket.json   machine state: signature, count, first/last seen, releases, status
+        bucket.json   machine state: signature, count, first/last seen, releases, kernel profiles
+                      (the model's, when found), status
 
 Every file is written atomically (a temporary file in the same directory, fsync, rename, fsync
 of the directory), and a new bucket is assembled in a hidden temporary directory and renamed
@@ -133,6 +134,12 @@ def format_diff(case: Case, differences: tuple[Difference, ...] | list[Differenc
     return "\n".join(lines) + "\n"
 
 
+def _profiles(f: Finding) -> list[str]:
+    """The kernel profile the model outcome was computed under (sim.run notes it)."""
+    name = f.model.notes.get("profile")
+    return [str(name)] if name else []
+
+
 def _finding_md(bucket: str, f: Finding, state: Mapping[str, Any]) -> str:
     notes = "\n".join(f"- {k}: {v}" for k, v in f.notes.items()) or "- (none)"
     sig = f.signature
@@ -143,6 +150,7 @@ count: {state['count']}
 first seen: {state['first_seen']}
 last seen: {state['last_seen']}
 kernel release: {sig.release}
+kernel profile: {', '.join(state.get('profiles', [])) or '(not recorded)'}
 
 differing fields: {', '.join(sig.kinds)}
 helpers: {', '.join(sig.helpers) or '(none)'}
@@ -184,7 +192,7 @@ class Corpus:
             return self.hit(final, f)
         now = _now()
         state = {"signature": f.signature.to_dict(), "count": 1, "first_seen": now, "last_seen": now,
-                 "releases": [f.signature.release], "status": "new"}
+                 "releases": [f.signature.release], "profiles": _profiles(f), "status": "new"}
         tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{name}.", dir=self.findings))
         try:
             write_atomic(tmp / "case.json", f.case.to_json() + "\n")
@@ -210,6 +218,9 @@ class Corpus:
         state["last_seen"] = now
         if f.signature.release not in state.setdefault("releases", []):
             state["releases"].append(f.signature.release)
+        for name in _profiles(f):
+            if name not in state.setdefault("profiles", []):
+                state["profiles"].append(name)
         write_atomic(bucket / "bucket.json", json.dumps(state, indent=1) + "\n")
         md = bucket / "finding.md"
         if md.exists():
@@ -253,8 +264,18 @@ def read_status(bucket: Path) -> str:
         return "new"
 
 
-def read_releases(bucket: Path) -> list[str]:
+def _bucket_list(bucket: Path, key: str) -> list[str]:
     try:
-        return list(json.loads((bucket / "bucket.json").read_text()).get("releases", []))
+        return list(json.loads((bucket / "bucket.json").read_text()).get(key, []))
     except (OSError, ValueError):
         return []
+
+
+def read_releases(bucket: Path) -> list[str]:
+    return _bucket_list(bucket, "releases")
+
+
+def read_profiles(bucket: Path) -> list[str]:
+    """The kernel profiles whose model the recorded kernel.json is evidence for (bucket.json
+    "profiles"; tests/model/test_profiles.py replays it model-only under each)."""
+    return _bucket_list(bucket, "profiles")

@@ -276,7 +276,25 @@ def missing(*features: str) -> str | None:
 _SETUP = "bash scripts/setup.sh"
 
 
-def run_checks() -> list[Check]:
+def profile_check(forced: str | None, usable: bool) -> Check:
+    """The kernel profile the probes choose (diffuzz/probes.py), each probe's result, and which
+    probe disagrees with which profile.  Not required: fuzz runs with the nearest profile."""
+    if not usable:
+        return Check("kernel profile", False, "not probed: the kernel side cannot run here",
+                     "fix the lines above first", required=False)
+    from diffuzz.probes import probe_and_choose
+    from kernel_runner import local
+
+    choice = probe_and_choose(local.run, forced)
+    found = "; ".join(f"{r.probe}: {r.detail}" for r in choice.probes)
+    fix = ("a new kernel behaviour: triage it (docs/kernel-notes.md), add it to sim/profile.py with its probe, "
+           "or name the profile with --kernel-profile")
+    return Check("kernel profile", choice.exact, f"{choice.profile.name} ({choice.how()}) — {found}", fix,
+                 required=False)
+
+
+def run_checks(kernel_profile: str | None = None) -> list[Check]:
+    """Every check; the last one probes the kernel's behaviour profile when the kernel side can run."""
     checks: list[Check] = []
     release = os.uname().release
     root = probe_root()
@@ -326,6 +344,8 @@ def run_checks() -> list[Check]:
     objects = ", ".join(str(p.relative_to(ROOT)) for p in interp_objects())
     checks.append(Check("interpreter program built", interp is None, objects if interp is None else interp,
                         f"make -C bpf (or {_SETUP})"))
+    usable = root is None and bpf is None and pidns is None and sockmap is None and elf and interp is None
+    checks.append(profile_check(kernel_profile, usable))
     return checks
 
 

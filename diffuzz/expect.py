@@ -64,26 +64,51 @@ def model_out_of_scope(case: Case) -> str | None:
     return None
 
 
-def check_expected(case: Case, outcome: Outcome) -> list[str]:
-    """Every way `outcome` differs from `case.meta["expected"]`, one readable line each.
+def expected_for(case: Case, profile: str | None) -> Mapping[str, Any] | None:
+    """`meta.expected` as it holds on a kernel of this profile: the keys of
+    `meta.expected_by_profile[profile]` replace the same keys of `meta.expected` (a behaviour
+    that differs between kernels changes some observables, not the whole case)."""
+    expected = case.meta.get("expected")
+    if expected is None or profile is None:
+        return expected
+    override = case.meta.get("expected_by_profile", {}).get(profile)
+    return expected if override is None else {**expected, **override}
+
+
+def check_expected(case: Case, outcome: Outcome, profile: str | None = None) -> list[str]:
+    """Every way `outcome` differs from what the case expects on a kernel of `profile` (None:
+    the plain `meta.expected`, written for the reference profile), one readable line each.
 
     [] when every stated expectation holds, or when the case states none.  A malformed
     `expected` raises ExpectedError (a broken seed, not a disagreement).
     """
-    expected = case.meta.get("expected")
+    validate_expected(case)
+    expected = expected_for(case, profile)
     if expected is None:
         return []
-    validate_expected(case)
     if outcome.hang:
         return [f"{outcome.side}: hang (the case did not finish), nothing else checked"]
     return list(_mismatches(case, expected, outcome))
 
 
 def validate_expected(case: Case) -> None:
-    """Raise ExpectedError if `case.meta["expected"]` does not follow the schema."""
+    """Raise ExpectedError if `case.meta["expected"]` (or an `expected_by_profile` entry) does not
+    follow the schema."""
     expected = case.meta.get("expected")
     if expected is None:
         return
+    by_profile = case.meta.get("expected_by_profile", {})
+    if not isinstance(by_profile, Mapping):
+        raise ExpectedError("", "expected_by_profile must be an object: profile name -> expectations")
+    _validate(case, expected)
+    for name, override in by_profile.items():
+        try:
+            _validate(case, override)
+        except ExpectedError as e:
+            raise ExpectedError("", f"expected_by_profile.{name}: {e}") from None
+
+
+def _validate(case: Case, expected: Any) -> None:
     if not isinstance(expected, Mapping):
         raise ExpectedError("", "must be an object")
     for key in expected:

@@ -18,7 +18,8 @@ counter (DISPATCH_BITS deep decision tree), which libFuzzer sees as ordinary Pyt
 DIFFUZZ_ATHERIS_COVERAGE=dispatch forces the fallback (to test it).
 
 Modes.  By default the case also runs on the kernel (kernel_runner.pool.KernelPool, one
-worker, created on the first input; needs root and BPF).  `--model-only` (or
+worker, created at start, which also probes the kernel's behaviour profile for the model;
+DIFFUZZ_KERNEL_PROFILE=NAME forces one; needs root and BPF).  `--model-only` (or
 DIFFUZZ_MODEL_ONLY=1) runs only the model: coverage-guided search for model crashes, usable
 without root.  A model exception is a crash like any other: libFuzzer saves the input.
 
@@ -112,11 +113,15 @@ class Target:
         from diffuzz.generate import generate
 
         self._decode: Callable[[bytes], Case] = lambda data: generate(BytesChooser(data))
-        self._model = _load_model()
         self._hit = hit
         self.model_only = model_only
         self.corpus_root = corpus_root
         self._pool: Any = None
+        if not model_only:
+            from kernel_runner.pool import KernelPool
+
+            self._pool = KernelPool(jobs=1)
+        self._model = _load_model(self._pool)
         self._flaky: set[frozenset[str]] = set()
         self._errors = 0
 
@@ -131,10 +136,8 @@ class Target:
         from diffuzz.compare import compare
         from diffuzz.confirm import rerun
         from diffuzz.signature import diff_kinds
-        from kernel_runner.pool import KernelPool, is_error
+        from kernel_runner.pool import is_error
 
-        if self._pool is None:
-            self._pool = KernelPool(jobs=1)
         kernel = self._pool.run(case)
         if is_error(kernel):
             self._errors += 1
@@ -203,13 +206,20 @@ def run_engine(engine: Any, corpus_dir: str, finish: Callable[[Any], None]) -> A
     os._exit(0)
 
 
-def _load_model() -> Callable[[Case], Outcome]:
-    from diffuzz.cli import Unusable, model_runner
+def _load_model(pool: Any) -> Callable[[Case], Outcome]:
+    """The model under DIFFUZZ_KERNEL_PROFILE, else under the profile the kernel's probes choose
+    (through `pool`; the reference profile when fuzzing the model alone)."""
+    import click
+
+    from diffuzz.cli import choose_profile, model_runner
 
     try:
-        return model_runner()
-    except Unusable as e:
-        raise SystemExit(f"diffuzz.fuzz_target: {e}") from None
+        choice = choose_profile(os.environ.get("DIFFUZZ_KERNEL_PROFILE") or None,
+                                pool.run if pool is not None else None)
+        print(f"diffuzz.fuzz_target: {choice.line()}", file=sys.stderr)
+        return model_runner(choice)
+    except click.ClickException as e:
+        raise SystemExit(f"diffuzz.fuzz_target: {e.format_message()}") from None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -42,8 +42,14 @@ def s32(x: int) -> int:
 
 
 def sk_psock_msg_verdict(w: World, sk: Sock, psock: Psock, msg: SkMsg) -> int:
-    """§4.1: run the program; only SK_PASS passes (§6.8), and a PASS with any sk_redir on
-    the struct, stale or not, redirects.  apply_bytes is copied for every verdict."""
+    """§4.1: run the program; only SK_PASS passes (§6.8), and a PASS with sk_redir on the
+    struct redirects.  apply_bytes is copied for every verdict.
+
+    Profile behaviour stale_sk_redir (sim/profile.py): where the kernel has it, a target an
+    earlier run left on the struct redirects too (W10, W23); where it does not (6.18.44-fc-v1045),
+    only a target this run set counts, as if msg->sk_redir were cleared before the run."""
+    if not w.stale_sk_redir:
+        msg.sk_redir = None
     rc = bpf_prog_run(w, sk, msg)
     if rc == SK_PASS:
         verdict = SK_REDIRECT if msg.sk_redir is not None else SK_PASS_EVAL
@@ -314,8 +320,10 @@ def tcp_bpf_recvmsg(sk: Sock, n: int, peek: bool) -> tuple[int, bytes, list[tupl
     return -EAGAIN, b"", []
 
 
-def tcp_bpf_ioctl_inq(sk: Sock) -> int:
-    """FIONREAD on 6.18.14+: a socket with a psock reports only its ingress_msg bytes (§7.4)."""
-    if sk.psock is not None:
-        return sk.psock.msg_tot_len
+def tcp_bpf_ioctl_inq(sk: Sock, ingress_msg: bool, tcp_inq: bool) -> int:
+    """FIONREAD (§7.4) by profile behaviour: with fionread_ingress_msg (6.12.75+, 6.18.14+) a
+    socket with a psock reports its ingress_msg bytes, plus tcp_inq with fionread_tcp_inq (no
+    SK_SKB verdict program here, so always); without it, TCP's tcp_inq alone."""
+    if sk.psock is not None and ingress_msg:
+        return sk.psock.msg_tot_len + (len(sk.rq.buf) if tcp_inq else 0)
     return len(sk.rq.buf)

@@ -10,7 +10,10 @@ Decisions taken where the spec leaves room (each from the kernel source; see the
   EINVAL, sockmap key >= size -> E2BIG, psock with a program while the map has one -> EBUSY,
   EEXIST/ENOENT, sockhash full -> E2BIG.  A socket inserted while the program is detached
   gets it when re-linked with the program attached (psock_set_prog).  (sim/sockmap.py)
-- FIONREAD on any socket with a psock (config BASE or TX) counts ingress_msg only (§7.4).
+- FIONREAD on any socket with a psock (config BASE or TX) counts ingress_msg only (§7.4), on
+  kernels with the profile behaviours fionread_ingress_msg and not fionread_tcp_inq.
+- Rules that differ between kernels are profile behaviours (sim/profile.py); the World reads
+  them once from the profile the case runs under.
 - An ingress-redirected empty message (everything popped) blocks the ingress queue: recv
   returns EFAULT and never dequeues it (sk_msg_recvmsg).  (sim/tcp_bpf.py)
 - tcp_bpf_sendmsg does not clear sk_err: a reset socket in a map returns ECONNRESET on every
@@ -51,6 +54,7 @@ from diffuzz.case import (
 from diffuzz.outcome import MAX_RUN_RECORDS, Data, Endpoint, EventResult, Outcome, Ret, Run, RunContext, errno_ret
 from sim.helpers import ModelHang
 from sim.page_frag import PageFrag
+from sim.profile import FIONREAD_INGRESS_MSG, FIONREAD_TCP_INQ, REFERENCE, STALE_SK_REDIR, Profile
 from sim.sockmap import SockMap
 from sim.splice import do_sendfile, do_splice
 from sim.tcp import Sock, release_sock, tcp_close, tcp_push_pending_frames, tcp_sendmsg_locked, tcp_shutdown
@@ -78,20 +82,27 @@ class World:
         "family",
         "ff_from",
         "ff_ok",
+        "fionread",
         "frag",
         "last_prog",
         "map",
         "pinned",
+        "profile",
         "program",
         "run_count",
         "runs",
         "sig",
         "socks",
+        "stale_sk_redir",
         "task",
     )
 
-    def __init__(self, case: Case) -> None:
+    def __init__(self, case: Case, profile: Profile = REFERENCE) -> None:
         self.case = case
+        self.profile = profile
+        # The profile's behaviours, read once: the hot path tests plain attributes.
+        self.stale_sk_redir = profile.has(STALE_SK_REDIR)
+        self.fionread = (profile.has(FIONREAD_INGRESS_MSG), profile.has(FIONREAD_TCP_INQ))
         self.program = case.program
         self.last_prog = len(case.program) - 1
         # The run shortcut of tcp_bpf_send_verdict: runs from ff_from on use the last step list
@@ -215,7 +226,7 @@ class World:
             return EventResult(ret=r, data=Data(data, tuple(unk)))
         if t is Fionread:
             self.push_pending_frames()
-            return EventResult(ret=tcp_bpf_ioctl_inq(sk))
+            return EventResult(ret=tcp_bpf_ioctl_inq(sk, *self.fionread))
         if t is MapInsert:
             return EventResult(ret=_ret(self.map.update(ev.key, sk, ev.flags)))  # type: ignore[attr-defined]
         if t is Close:
@@ -242,7 +253,7 @@ class World:
             if sk.closed:
                 out[name] = Endpoint(rx=Data(), fionread=None, end="closed")
                 continue
-            fion = tcp_bpf_ioctl_inq(sk)
+            fion = tcp_bpf_ioctl_inq(sk, *self.fionread)
             chunks: list[bytes] = []
             unk: list[tuple[int, int]] = []
             pos = 0
@@ -269,9 +280,10 @@ def _send_flags(names: tuple[str, ...]) -> int:
     return value
 
 
-def run(case: Case) -> Outcome:
-    """The model's Outcome for a case (side "model")."""
-    return run_world(World(case))
+def run(case: Case, profile: Profile = REFERENCE) -> Outcome:
+    """The model's Outcome for a case (side "model") on a kernel with this profile's behaviours
+    (sim/profile.py; the default is the reference profile the spec describes)."""
+    return run_world(World(case, profile))
 
 
 def run_world(w: World) -> Outcome:
@@ -283,7 +295,7 @@ def run_world(w: World) -> Outcome:
         events = tuple(w.settled_event(i, ev) for i, ev in enumerate(case.events))
     except ModelHang as e:
         return Outcome(side="model", inserts=inserts, runs=tuple(w.runs), run_count=w.run_count, hang=True,
-                       notes={"hang": str(e)})
+                       notes={"hang": str(e), "profile": w.profile.name})
     endpoints = w.drain()
     return Outcome(side="model", inserts=inserts, events=events, runs=tuple(w.runs), run_count=w.run_count,
-                   endpoints=endpoints)
+                   endpoints=endpoints, notes={"profile": w.profile.name})

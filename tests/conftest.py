@@ -46,3 +46,23 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     reason = kernel_skip_reason(needs)
     if reason:
         pytest.skip(f"kernel test: {reason}")
+
+
+@pytest.fixture(scope="session")
+def kernel_profile():  # -> diffuzz.probes.ProfileChoice
+    """The profile this kernel's probes choose (diffuzz/probes.py), probed once per session.
+
+    Tests that compare the kernel with the model take the model's profile from here.  A kernel
+    whose probes match no profile skips them all with one reason, and one test fails instead
+    (tests/kernel/test_profile_probe.py names the probe), so a new kernel behaviour is reported
+    once, not as scattered differences."""
+    reason = kernel_skip_reason()
+    if reason:
+        pytest.skip(f"kernel test: {reason}")
+    from diffuzz.probes import probe_and_choose
+    from kernel_runner import local
+
+    choice = probe_and_choose(local.run)
+    if not choice.exact:
+        pytest.skip(f"this kernel matches no profile ({choice.how()}); see tests/kernel/test_profile_probe.py")
+    return choice

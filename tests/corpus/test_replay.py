@@ -14,7 +14,9 @@ What each must do, by kind and triage status (finding.md's `status:` line):
 |                                        | still differing passes; agreeing is reported as a     |
 |                                        | skip naming both releases ("no longer shows it")      |
 
-Kernel runs go through kernel_runner.local.run (one reused worker); the model is sim.run.
+Kernel runs go through kernel_runner.local.run (one reused worker); the model is sim.run under
+the profile this kernel's probes choose (the `kernel_profile` fixture, tests/conftest.py), so the
+replay checks that this kernel still behaves like its profile.
 """
 
 from __future__ import annotations
@@ -32,18 +34,20 @@ from diffuzz.compare import compare
 from diffuzz.expect import model_out_of_scope
 from diffuzz.corpus import Corpus, format_diff, read_releases, read_status
 from diffuzz.outcome import Outcome
+from diffuzz.probes import ProfileChoice
 from diffuzz.signature import diff_kinds
+from sim.profile import Profile
 
 ROOT = Path(__file__).resolve().parents[2]
 SEEDS = sorted((ROOT / "corpus" / "seeds").glob("*.json"))
 BUCKETS = list(Corpus(ROOT / "corpus").buckets())
 
 
-def _model(case: Case) -> Outcome:
+def _model(case: Case, profile: Profile) -> Outcome:
     run: Any = importlib.import_module("sim").__dict__.get("run") or importlib.import_module("sim.run")
     if isinstance(run, ModuleType):
         run = run.run
-    return run(case)
+    return run(case, profile)
 
 
 def _kernel(case: Case) -> Outcome:
@@ -54,29 +58,30 @@ def _kernel(case: Case) -> Outcome:
     return outcome
 
 
-def _both(case: Case) -> tuple[Outcome, Outcome, list]:
+def _both(case: Case, profile: Profile) -> tuple[Outcome, Outcome, list]:
     k = _kernel(case)
-    m = _model(case)
+    m = _model(case, profile)
     return k, m, compare(k, m)
 
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("path", SEEDS, ids=lambda p: p.stem)
-def test_seed_agrees(path: Path, request: pytest.FixtureRequest) -> None:
+def test_seed_agrees(path: Path, request: pytest.FixtureRequest, kernel_profile: ProfileChoice) -> None:
     case = load_case(str(path))
     out_of_scope = model_out_of_scope(case)
     if out_of_scope:
         request.applymarker(pytest.mark.xfail(reason=out_of_scope, strict=True))
-    _, _, diffs = _both(case)
-    assert not diffs, f"{path.name}: kernel and model differ\n" + format_diff(case, diffs)
+    _, _, diffs = _both(case, kernel_profile.profile)
+    assert not diffs, (f"{path.name}: kernel and model ({kernel_profile.profile.name}) differ\n"
+                       + format_diff(case, diffs))
 
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("bucket", BUCKETS, ids=lambda p: p.name)
-def test_finding_replays(bucket: Path) -> None:
+def test_finding_replays(bucket: Path, kernel_profile: ProfileChoice) -> None:
     status = read_status(bucket)
     case = load_case(str(bucket / "case.json"))
-    k, _, diffs = _both(case)
+    k, _, diffs = _both(case, kernel_profile.profile)
     if status in ("new", "model-fixed"):
         assert not diffs, (f"{bucket.name} (status {status}): kernel and model still differ; fix the model or "
                            f"triage the finding in finding.md\n" + format_diff(case, diffs))

@@ -22,6 +22,8 @@ import pytest
 
 from diffuzz.case import Case, CaseError, Recv, case_to_dict, load_case, loads_case
 from diffuzz.expect import model_out_of_scope, ExpectedError, check_expected, pattern_of, validate_expected
+from diffuzz.probes import ProfileChoice
+from sim.profile import PROFILES, Profile
 from diffuzz.outcome import MAX_RUN_RECORDS, Data, Endpoint, EventResult, Outcome, Run, RunContext, StepRecord
 
 SEEDS_DIR = Path(__file__).resolve().parents[2] / "corpus" / "seeds"
@@ -55,7 +57,7 @@ def test_seed_is_well_formed(path: Path) -> None:
     assert NAME.match(path.stem), f"{path.name}: name must be W<nn>[letter]_<slug>.json"
     assert case.name == path.stem
     assert {"spec", "title", "description", "expected"} <= set(case.meta) <= {
-        "spec", "title", "description", "expected", "model_scope"}
+        "spec", "title", "description", "expected", "expected_by_profile", "model_scope"}
     assert case.meta["spec"].startswith("§12 W")
     assert case.meta["expected"], "a seed states at least one expectation"
     validate_expected(case)
@@ -78,27 +80,35 @@ def test_seed_round_trips(path: Path) -> None:
 # Both sides against the spec
 
 
-def _model_run(case: Case) -> Outcome:
+def _model_run(case: Case, profile: Profile) -> Outcome:
     # No importorskip: a missing model is a failure of this test, not a reason to skip it.
     run: Any = importlib.import_module("sim").__dict__.get("run") or importlib.import_module("sim.run")
     if isinstance(run, ModuleType):
         run = run.run
-    return run(case)
+    return run(case, profile)
 
 
-def test_model_meets_spec(seed: Case, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize("profile", PROFILES.values(), ids=lambda p: p.name)
+def test_model_meets_spec(seed: Case, profile: Profile, request: pytest.FixtureRequest) -> None:
+    # Under every profile: the seed's `expected`, with that profile's `expected_by_profile` keys.
     out_of_scope = model_out_of_scope(seed)
     if out_of_scope:
         # Strict: if the model starts meeting the spec here, the scope note must go.
         request.applymarker(pytest.mark.xfail(reason=out_of_scope, strict=True))
-    outcome = _model_run(seed)
+    outcome = _model_run(seed, profile)
     assert outcome.side == "model"
-    mismatches = check_expected(seed, outcome)
-    assert not mismatches, f"{seed.name} ({seed.meta['spec']}):\n" + "\n".join(mismatches)
+    mismatches = check_expected(seed, outcome, profile.name)
+    assert not mismatches, f"{seed.name} ({seed.meta['spec']}, profile {profile.name}):\n" + "\n".join(mismatches)
+
+
+def test_expected_by_profile_names_known_profiles() -> None:
+    for path in SEED_PATHS:
+        names = set(load_case(str(path)).meta.get("expected_by_profile", {}))
+        assert names <= set(PROFILES), f"{path.name}: unknown profiles {sorted(names - set(PROFILES))}"
 
 
 @pytest.mark.kernel
-def test_kernel_meets_spec(seed: Case) -> None:
+def test_kernel_meets_spec(seed: Case, kernel_profile: ProfileChoice) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root for BPF and network namespaces")
     local = importlib.import_module("kernel_runner.local")
@@ -108,8 +118,9 @@ def test_kernel_meets_spec(seed: Case) -> None:
     except backend.KernelUnsupported as e:
         pytest.skip(f"kernel cannot run this: {e}")
     assert outcome.side == "kernel"
-    mismatches = check_expected(seed, outcome)
-    assert not mismatches, f"{seed.name} ({seed.meta['spec']}):\n" + "\n".join(mismatches)
+    mismatches = check_expected(seed, outcome, kernel_profile.profile.name)
+    assert not mismatches, (f"{seed.name} ({seed.meta['spec']}, profile {kernel_profile.profile.name}):\n"
+                            + "\n".join(mismatches))
 
 
 # --------------------------------------------------------------------------------------

@@ -48,8 +48,8 @@ PLANTED = textwrap.dedent("""
     import diffuzz.engine as engine
     real = sim.run
 
-    def planted(case):
-        out = real(case)
+    def planted(case, *profile):
+        out = real(case, *profile)
         if PLANT and zlib.crc32(case.to_json().encode()) % 8 == 0:
             out = dataclasses.replace(out, run_count=out.run_count + 1)
         return out
@@ -273,9 +273,13 @@ def test_kill9_of_the_whole_job_then_restart(tmp_path: Path) -> None:
     after = _state_from_bytes((tmp_path / STATE).read_bytes())
     assert after.sessions == saved.sessions + 1
     assert after.execs >= saved.execs + 10 and after.seed_cursor > saved.seed_cursor
+    profile = _stats(tmp_path)["kernel_profile"]  # probed at start, recorded in stats and the log
+    assert profile["name"] and profile["probes"]
+    assert [e["name"] for e in _events(tmp_path) if e["kind"] == "kernel_profile"] == [profile["name"]] * 2
     for bucket in logged:  # every finding logged before the kill is on disk, whole
         d = tmp_path / "findings" / bucket
-        json.loads((d / "bucket.json").read_text())
+        assert json.loads((d / "bucket.json").read_text())["profiles"] == [profile["name"]]
+        assert f"kernel profile: {profile['name']}" in (d / "finding.md").read_text()
         json.loads((d / "case.json").read_text())
     for path in tmp_path.rglob("*.json"):
         json.loads(path.read_text())  # no half-written file anywhere

@@ -30,6 +30,7 @@ from diffuzz.case import STEP_TYPES, Case
 from diffuzz.compare import compare
 from diffuzz.generate import random_case
 from diffuzz.outcome import Data, Outcome
+from diffuzz.probes import ProfileChoice
 from kernel_runner.c_codegen import bcc_source
 from kernel_runner.pool import KernelPool, is_error
 from sim.world import run as model_run
@@ -77,7 +78,7 @@ def _outcomes(backend: str, cases: list[Case]) -> Iterator[Outcome]:
         yield from pool.imap(cases)
 
 
-def test_interp_and_bcc_give_identical_outcomes() -> None:
+def test_interp_and_bcc_give_identical_outcomes(kernel_profile: ProfileChoice) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root (CAP_BPF, CAP_NET_ADMIN) to load programs and unshare a network namespace")
     cases = _cases()
@@ -97,7 +98,7 @@ def test_interp_and_bcc_give_identical_outcomes() -> None:
         if failed:
             problems += failed
             continue
-        diffs = compare(a, with_model_unknowns(b, model_run(case)))
+        diffs = compare(a, with_model_unknowns(b, model_run(case, kernel_profile.profile)))
         if diffs:
             shown = "; ".join(f"{d.path}: interp {d.kernel!r} bcc {d.model!r}" for d in diffs[:5])
             problems.append(f"{case.name}: {len(diffs)} differences: {shown}\n  case: {case.to_json(None)}")

@@ -94,6 +94,9 @@ def test_reproduce_reads_every_file_before_running_any(tmp_path: Path) -> None:
         (("run", "x.json", "--side", "both"), "Invalid value for '--side'"),
         (("run", "x.json", "--side", "kernel", "--backend", "jit"), "Invalid value for '--backend'"),
         (("reproduce",), "Missing argument 'CASES...'"),
+        (("run", str(SEED), "--side", "model", "--kernel-profile", "6.18.44-v9"),
+         "unknown kernel profile '6.18.44-v9'; known: 6.18.44-v657, 6.18.44-v1045"),
+        (("doctor", "--kernel-profile", "x"), "unknown kernel profile 'x'"),
         (("fly",), "No such command 'fly'"),
     ],
 )
@@ -145,10 +148,36 @@ def _model_available() -> bool:
 
 @pytest.mark.skipif(not _model_available(), reason="the model (sim.run) is not written yet")
 def test_run_model_side_prints_outcome_json() -> None:
-    code, out, err = _invoke("run", str(SEED), "--side", "model", "--json")
+    code, out, err = _invoke("run", str(SEED), "--side", "model", "--json", "--kernel-profile", "6.18.44-v1045")
     assert (code, err) == (0, "")
     outcome = json.loads(out)
     assert outcome["side"] == "model" and outcome["run_count"] >= 1
+    assert outcome["notes"]["profile"] == "6.18.44-v1045"
+
+
+@pytest.mark.kernel
+def test_reproduce_names_the_probed_profile_and_forcing_the_other_differs() -> None:
+    # W10 is where the two 6.18.44 profiles differ (stale_sk_redir): under the probed profile the
+    # kernel agrees, under the other one the same case differs and the first line says "forced".
+    w10 = str(SEED.with_name("W10_stale_redirect_apply.json"))
+    code, out, _ = _invoke("reproduce", w10)
+    first = out.splitlines()[0]
+    assert code == 0 and first.startswith("diffuzz reproduce: kernel profile ") and "(probed: matches)" in first
+    probed = first.split()[4]
+    other = next(name for name in ("6.18.44-v657", "6.18.44-v1045") if name != probed)
+    code, out, _ = _invoke("reproduce", "--json", "--kernel-profile", other, w10)
+    record = json.loads(out)
+    assert code == 1 and record["kernel_profile"] == other and not record["agree"]
+    assert {d["path"] for d in record["differences"]} == {"endpoints.c1.rx", "endpoints.p0.rx"}
+
+
+@pytest.mark.kernel
+def test_doctor_names_the_kernel_profile_and_each_probe() -> None:
+    _, out, _ = _invoke("doctor", "--json")
+    check = next(c for c in json.loads(out) if c["name"] == "kernel profile")
+    assert check["ok"], check
+    assert "probed: matches" in check["detail"]
+    assert "stale_redirect: kernel agrees with" in check["detail"] and "fionread: kernel agrees with" in check["detail"]
 
 
 @pytest.mark.kernel(needs=("bcc",))

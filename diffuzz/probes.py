@@ -1,0 +1,217 @@
+"""Which kernel profile is this kernel? Small probe cases decide, like libbpf's feature probes.
+
+The release string cannot tell kernels apart (two 6.18.44 builds differ), so each profile
+behaviour (sim/profile.py) has a probe: a tiny case whose outcome depends on it.  A probe runs
+once on the kernel; the model runs it under every on/off combination of the behaviours it
+covers, and the combinations that agree with the kernel decide them.  No expected value is
+written here by hand: the model's rules are the prediction, the kernel picks among them.  A
+probe the kernel answers with none of the variants is reported as such (a warning, never a
+guess), and the nearest profile is used.
+
+`choose_profile` turns the probe results (and an optional --kernel-profile) into a
+ProfileChoice, which every command prints, records and passes to the model.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import sim
+from diffuzz.case import Case, case_from_dict
+from diffuzz.compare import compare
+from diffuzz.outcome import Outcome
+from sim.profile import (
+    FIONREAD_INGRESS_MSG,
+    FIONREAD_TCP_INQ,
+    PROFILES,
+    REFERENCE,
+    STALE_SK_REDIR,
+    Profile,
+    get_profile,
+    with_behaviours,
+)
+
+KernelRun = Callable[[Case], Outcome]
+
+# The set-up of the spec's worked examples: two pairs, every endpoint in a sockmap.
+_BASE: dict[str, Any] = {
+    "format": 1, "family": "ipv4", "map": {"type": "sockmap", "size": 16}, "pairs": 2,
+    "inserts": [{"key": 0, "ep": "c0"}, {"key": 1, "ep": "p0"}, {"key": 2, "ep": "c1"}, {"key": 3, "ep": "p1"}],
+    "fresh_thread": True, "payload": {"pattern": "alphabet", "seed": 0},
+}
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    behaviours: tuple[str, ...]  # what it decides
+    case: Case
+    what: str  # the observable, for people
+
+
+def _probe_case(name: str, program: list[dict[str, Any]], events: list[dict[str, Any]]) -> Case:
+    return case_from_dict({**_BASE, "name": f"probe_{name}", "program": program, "events": events})
+
+
+PROBES: tuple[Probe, ...] = (
+    Probe(
+        "stale_redirect",
+        (STALE_SK_REDIR,),
+        # W10: run 0 redirects 2 bytes to p1 (egress: c1 reads them); runs 1 and 2 of the same
+        # syscall call no helper: they redirect too only where the stale target counts.
+        _probe_case("stale_redirect",
+                    [{"steps": [{"op": "apply_bytes", "bytes": 2}, {"op": "redirect", "key": 3, "flags": 0}],
+                      "verdict": "PASS"},
+                     {"steps": [], "verdict": "PASS"}],
+                    [{"op": "send", "ep": "c0", "len": 6, "flags": []}]),
+        "where runs 1 and 2 deliver: c1 (redirect) or p0 (pass)",
+    ),
+    Probe(
+        "fionread",
+        (FIONREAD_INGRESS_MSG, FIONREAD_TCP_INQ),
+        # 3 bytes on p0's ingress_msg, then 5 plain TCP bytes: FIONREAD(p0) reads 5 (TCP only),
+        # 3 (ingress_msg only) or 8 (both).
+        _probe_case("fionread",
+                    [{"steps": [{"op": "redirect", "key": 1, "flags": 1}], "verdict": "PASS"},
+                     {"steps": [], "verdict": "PASS"}],
+                    [{"op": "send", "ep": "c0", "len": 3, "flags": []},
+                     {"op": "send", "ep": "c0", "len": 5, "flags": []},
+                     {"op": "fionread", "ep": "p0"}]),
+        "FIONREAD(p0) with 3 bytes on ingress_msg and 5 in TCP's receive queue",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    probe: str
+    found: Mapping[str, bool | None]  # behaviour -> present, absent, or None (undecided)
+    detail: str  # how it was decided, or why not
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"probe": self.probe, "found": dict(self.found), "detail": self.detail}
+
+
+def _variant_name(combo: Mapping[str, bool]) -> str:
+    return ", ".join(f"{'+' if on else '-'}{b}" for b, on in combo.items())
+
+
+def run_probe(probe: Probe, kernel: KernelRun, base: Profile = REFERENCE) -> ProbeResult:
+    """One probe: the kernel's outcome against the model under each variant of its behaviours."""
+    undecided = dict.fromkeys(probe.behaviours)
+    k = kernel(probe.case)
+    if "error" in k.notes or k.hang:
+        why = k.notes.get("error") or "the probe case hung"
+        return ProbeResult(probe.name, undecided, f"the kernel could not run the probe: {why}")
+    matches: list[dict[str, bool]] = []
+    first_diff = ""
+    for values in itertools.product((True, False), repeat=len(probe.behaviours)):
+        combo = dict(zip(probe.behaviours, values, strict=True))
+        diffs = compare(k, sim.run(probe.case, with_behaviours(base, combo)))
+        if not diffs:
+            matches.append(combo)
+        elif not first_diff:
+            d = diffs[0]
+            first_diff = f"under {_variant_name(combo)}: {d.path}: kernel {d.kernel!r}, model {d.model!r}"
+    if not matches:
+        return ProbeResult(probe.name, undecided, f"matches no variant of {', '.join(probe.behaviours)} "
+                                                  f"({probe.what}); first difference {first_diff}")
+    found: dict[str, bool | None] = {}
+    for b in probe.behaviours:
+        seen = {m[b] for m in matches}
+        found[b] = seen.pop() if len(seen) == 1 else None
+    return ProbeResult(probe.name, found, "kernel agrees with " + " or ".join(_variant_name(m) for m in matches))
+
+
+def run_probes(kernel: KernelRun, base: Profile = REFERENCE) -> tuple[ProbeResult, ...]:
+    return tuple(run_probe(p, kernel, base) for p in PROBES)
+
+
+@dataclass(frozen=True)
+class ProfileChoice:
+    """The profile the model runs under, and why."""
+
+    profile: Profile
+    probes: tuple[ProbeResult, ...] = ()  # empty when nothing was probed
+    forced: bool = False
+    # (behaviour, what the probe found, what the profile says) where they differ or the probe could not tell
+    disagreements: tuple[tuple[str, bool | None, bool], ...] = field(default=())
+
+    @property
+    def exact(self) -> bool:
+        """The probes ran and every behaviour they decided is the profile's."""
+        return bool(self.probes) and not self.disagreements
+
+    def found(self) -> dict[str, bool | None]:
+        return {b: v for r in self.probes for b, v in r.found.items()}
+
+    def how(self) -> str:
+        """How the profile was chosen, in a few words (the first line of fuzz, reproduce)."""
+        if not self.probes:
+            return "forced with --kernel-profile, not probed" if self.forced else "not probed (no kernel)"
+        if self.forced:
+            return "forced with --kernel-profile" + ("" if self.exact else f"; {self.disagreement_text()}")
+        if self.exact:
+            return "probed: matches"
+        return f"probed: matches no profile, using the nearest; {self.disagreement_text()}"
+
+    def disagreement_text(self) -> str:
+        parts = []
+        for b, got, want in self.disagreements:
+            probe = next(r for r in self.probes if b in r.found)
+            seen = "undecided" if got is None else ("present" if got else "absent")
+            parts.append(f"probe {probe.probe} finds {b} {seen}, the profile has it "
+                         f"{'present' if want else 'absent'}")
+        return "; ".join(parts)
+
+    def line(self) -> str:
+        return f"kernel profile {self.profile.name} ({self.how()})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.profile.name, "behaviours": sorted(self.profile.behaviours), "forced": self.forced,
+                "exact": self.exact, "how": self.how(), "probes": [r.to_dict() for r in self.probes]}
+
+
+def _disagreements(profile: Profile, probes: tuple[ProbeResult, ...]) -> tuple[tuple[str, bool | None, bool], ...]:
+    out = []
+    for r in probes:
+        for b, got in r.found.items():
+            if got != profile.has(b):
+                out.append((b, got, profile.has(b)))
+    return tuple(out)
+
+
+def choose_profile(probes: tuple[ProbeResult, ...], forced: str | None = None) -> ProfileChoice:
+    """The forced profile, else the one whose behaviours the probes match (the nearest when none
+    does: fewest disagreements, the reference profile first on a tie).  UnknownProfile for a
+    forced name that is not a profile."""
+    if forced is not None:
+        profile = get_profile(forced)
+        return ProfileChoice(profile, probes, True, _disagreements(profile, probes))
+    if not probes:
+        return ProfileChoice(REFERENCE)
+    ranked = sorted(PROFILES.values(), key=lambda p: (len(_disagreements(p, probes)), p is not REFERENCE))
+    best = ranked[0]
+    return ProfileChoice(best, probes, False, _disagreements(best, probes))
+
+
+def probe_and_choose(kernel: KernelRun, forced: str | None = None) -> ProfileChoice:
+    """Probe the kernel (a few ms) and choose; the unknown-name check comes first, so a typo
+    costs no kernel run."""
+    if forced is not None:
+        get_profile(forced)
+    return choose_profile(run_probes(kernel), forced)
+
+
+def model_for(choice: ProfileChoice) -> Callable[[Case], Outcome]:
+    """sim.run bound to the chosen profile: the model every command compares with."""
+    profile = choice.profile
+
+    def run(case: Case) -> Outcome:
+        return sim.run(case, profile)
+
+    return run
+

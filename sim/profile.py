@@ -1,0 +1,113 @@
+"""Kernel behaviour profiles: the rules of the model that differ between kernels.
+
+Two builds that both report 6.18.44 differ in how a redirect target left on a message is
+treated, so the model cannot be one kernel: every rule that differs is a named Behaviour (with
+the kernel change behind it and the case that shows it), and a Profile is a named set of them.
+`sim.run(case, profile)` takes the profile as part of its input; nothing here is global state.
+
+Which profile a running kernel has is decided by probing it (diffuzz/probes.py, libbpf's
+feature-probe idea): the release string cannot tell the two 6.18.44 builds apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """One rule that some kernels follow and others do not."""
+
+    name: str
+    rule: str  # what the model does when the kernel has it
+    change: str  # the release or commit that introduced (or removed) it
+    evidence: str  # the cases and notes that show it
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named set of behaviours: the kernel the model predicts."""
+
+    name: str
+    behaviours: frozenset[str]
+    description: str
+
+    def has(self, behaviour: str) -> bool:
+        return behaviour in self.behaviours
+
+
+STALE_SK_REDIR = "stale_sk_redir"
+FIONREAD_INGRESS_MSG = "fionread_ingress_msg"
+FIONREAD_TCP_INQ = "fionread_tcp_inq"
+
+BEHAVIOURS: dict[str, Behaviour] = {b.name: b for b in (
+    Behaviour(
+        STALE_SK_REDIR,
+        "a run that returns SK_PASS redirects when msg->sk_redir is set, also when an earlier run on the "
+        "same struct set it (the tmp message of one syscall, or the persistent cork struct): "
+        "sk_psock_map_verd(SK_PASS, msg->sk_redir) reads the field without knowing which run wrote it "
+        "(spec §1.5, §4.1)",
+        "the original sk_msg code (4.17, tcp_bpf/skmsg); still in Debian 6.12.117 and in 6.18.44-fc-v657/v669. "
+        "Absent on 6.18.44-fc-v1045: there a stale target is never used (msg->sk_redir counts only in the run "
+        "that set it). That change is not public: it is not in Debian's 6.12.107..6.12.117 sources, and no "
+        "upstream commit was found (docs/kernel-notes.md N12)",
+        "corpus/seeds/W10_stale_redirect_apply.json, W23_failed_redirect_stale_target.json; "
+        "docs/kernel-notes.md N12",
+    ),
+    Behaviour(
+        FIONREAD_INGRESS_MSG,
+        "FIONREAD on a socket with a psock reports the bytes on its ingress_msg queue (tcp_bpf_ioctl); "
+        "without it, FIONREAD is TCP's tcp_inq only and ingress_msg bytes are invisible (spec §7.4)",
+        "upstream 'bpf, sockmap: Fix FIONREAD for sockmap' (stable 6.12.75 and 6.18.14 per spec §7.4; listed in "
+        "Debian's 6.12.85-1 changelog); 6.1.x and 6.12 <= 6.12.74 lack it",
+        "corpus/seeds/W12_read_order_ingress_fionread.json; spec §7.4",
+    ),
+    Behaviour(
+        FIONREAD_TCP_INQ,
+        "with fionread_ingress_msg: FIONREAD also adds tcp_inq (the TCP receive queue) when the socket has "
+        "no SK_SKB verdict program, which is always the case here (tcp_bpf_ioctl)",
+        "upstream 'bpf, sockmap: Account for receive queue in FIONREAD without a verdict program' (7.2.13; "
+        "Debian 6.12.115, in linux-source-6.12 6.12.117's tcp_bpf.c); both 6.18.44 builds lack it",
+        "spec §7.4 (7.2.13, selftest 'sockmap no_verdict fionread'); docs/kernel-notes.md N13",
+    ),
+)}
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (
+    Profile(
+        "6.18.44-v657",
+        frozenset({STALE_SK_REDIR, FIONREAD_INGRESS_MSG}),
+        "Linux 6.18.44 as first measured (build fc-v657; fc-v669 probes the same): the spec's kernel",
+    ),
+    Profile(
+        "6.18.44-v1045",
+        frozenset({FIONREAD_INGRESS_MSG}),
+        "Linux 6.18.44 build fc-v1045: a redirect target left on the message by an earlier run is ignored",
+    ),
+)}
+
+# The profile the spec, the seeds' "expected" blocks and every corpus kernel.json recorded before
+# profiles existed were written against.
+REFERENCE = PROFILES["6.18.44-v657"]
+
+
+class UnknownProfile(ValueError):
+    pass
+
+
+def get_profile(name: str) -> Profile:
+    """The profile of this name; UnknownProfile names the known ones."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise UnknownProfile(f"unknown kernel profile {name!r}; known: {', '.join(PROFILES)}") from None
+
+
+def with_behaviours(base: Profile, present: dict[str, bool]) -> Profile:
+    """base with each named behaviour switched on or off (for probing: the model under each variant)."""
+    have = set(base.behaviours)
+    for name, on in present.items():
+        if name not in BEHAVIOURS:
+            raise UnknownProfile(f"unknown behaviour {name!r}; known: {', '.join(BEHAVIOURS)}")
+        (have.add if on else have.discard)(name)
+    flags = ",".join(f"{'+' if on else '-'}{n}" for n, on in sorted(present.items()))
+    return Profile(f"{base.name}[{flags}]", frozenset(have), f"{base.name} with {flags}")
