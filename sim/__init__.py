@@ -3,6 +3,6 @@
 `sim.run(case)` returns the model's Outcome for a Case: pure, deterministic, no I/O.
 """
 
-from sim.world import run
+from sim.syscalls import run
 
 __all__ = ["run"]

@@ -25,12 +25,9 @@ sock_sendmsg call, a redirect in the verdict loop, or the end of a redirect targ
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from sim.sk_msg import Ranges, add_ranges, clip_ranges
-
-if TYPE_CHECKING:
-    from sim.psock import Psock
 
 EPIPE = 32
 ECONNRESET = 104
@@ -160,7 +157,9 @@ class Sock:
         self.pending_reset = False  # an RST is waiting in the backlog (module docstring)
         self.rq = RxQueue()
         self.wq = WriteQueue()  # bytes written to TCP but held back by MSG_MORE
-        self.psock: Psock | None = None
+        # sk_user_data: the sockmap's struct sk_psock (sim/psock.py), or None.  Untyped here, as
+        # in the kernel (a void *), so that TCP stays below the psock layer that points back at it.
+        self.psock: Any = None
         # Byte accounting of this socket's sk_msg sends, for the model's own invariant tests:
         # [accepted into messages, pushed by helpers, popped by helpers, handed to TCP or an
         # ingress queue, freed (DROP, errors, cork leftovers, teardown)].

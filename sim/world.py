@@ -1,73 +1,22 @@
-"""Runs one Case on the model, following docs/execution.md step by step.
+"""The state of one case on the model: its sockets, the map, the page frag, the run records.
 
-Everything lives in a World made for one case: no global state, no I/O, deterministic.
-
-Decisions taken where the spec leaves room (each from the kernel source; see the files named):
-- Deleting an empty or out-of-range sockmap slot is EINVAL (__sock_map_delete,
-  sock_map_delete_elem); a missing sockhash key is ENOENT.  Detach without an attached
-  program is ENOENT (psock_replace_prog); attach always succeeds.  (sim/sockmap.py)
-- Insert order of checks: BPF_F_LOCK -> EINVAL, not ESTABLISHED -> EOPNOTSUPP, flags > 2 ->
-  EINVAL, sockmap key >= size -> E2BIG, psock with a program while the map has one -> EBUSY,
-  EEXIST/ENOENT, sockhash full -> E2BIG.  A socket inserted while the program is detached
-  gets it when re-linked with the program attached (psock_set_prog).  (sim/sockmap.py)
-- FIONREAD on any socket with a psock (config BASE or TX) counts ingress_msg only (§7.4), on
-  kernels with the profile behaviours fionread_ingress_msg and not fionread_tcp_inq.
-- Rules that differ between kernels are profile behaviours (sim/profile.py); the World reads
-  them once from the profile the case runs under.
-- An ingress-redirected empty message (everything popped) blocks the ingress queue: recv
-  returns EFAULT and never dequeues it (sk_msg_recvmsg).  (sim/tcp_bpf.py)
-- tcp_bpf_sendmsg does not clear sk_err: a reset socket in a map returns ECONNRESET on every
-  send; plain TCP clears it once, then EPIPE.  (sim/tcp_bpf.py, sim/tcp.py)
-- MSG_MORE holds bytes in the sender's write queue until a push; close with unread data or
-  SO_LINGER 0 purges them.  Data reaching a socket in FIN_WAIT with RCV_SHUTDOWN (closed, or
-  shut down both ways) resets both ends.  (sim/tcp.py)
-- Window sizes are reported only with fresh_thread (pinned page-frag layout) or after a
-  successful pull; the bytes always follow the pinned layout.  (sim/page_frag.py)
-- A send whose more_data loop cannot end is reported as a hang.  (sim/tcp_bpf.py)
-- sockopts (SO_SNDBUF / SO_RCVBUF) are ignored: buffers are unlimited.  (sim/tcp.py)
+A World is made for one case (no global state, no I/O, deterministic) and holds what the
+kernel functions in sim/ read and change; the events that drive it are sim/syscalls.py.  It
+sits below the kernel functions (tcp_bpf.py, helpers.py take a World), so it imports only the
+layers under them (tcp, sockmap, page frags, the profile).
 """
 
 from __future__ import annotations
 
-from diffuzz.case import (
-    ALPHABET,
-    SEND_FLAGS,
-    SHUT_HOW,
-    ApplyBytes,
-    Attach,
-    Case,
-    Close,
-    CorkBytes,
-    Detach,
-    Fionread,
-    MapDelete,
-    MapInsert,
-    Recv,
-    Redirect,
-    Send,
-    SendEvent,
-    SendFile,
-    SendMsg,
-    Shutdown,
-    Splice,
-)
-from diffuzz.outcome import MAX_RUN_RECORDS, Data, Endpoint, EventResult, Outcome, Ret, Run, RunContext, errno_ret
-from sim.helpers import ModelHang
+from diffuzz.case import ALPHABET, ApplyBytes, Case, CorkBytes, Redirect
+from diffuzz.outcome import MAX_RUN_RECORDS, Run, RunContext
 from sim.page_frag import PageFrag
 from sim.profile import FIONREAD_INGRESS_MSG, FIONREAD_TCP_INQ, REFERENCE, STALE_SK_REDIR, Profile
 from sim.sockmap import SockMap
-from sim.splice import do_sendfile, do_splice
-from sim.tcp import Sock, release_sock, tcp_close, tcp_push_pending_frames, tcp_sendmsg_locked, tcp_shutdown
-from sim.tcp_bpf import tcp_bpf_ioctl_inq, tcp_bpf_recvmsg, tcp_bpf_sendmsg
+from sim.tcp import Sock, release_sock, tcp_push_pending_frames
 
 AF_INET = 2
 AF_INET6 = 10
-RECV_DRAIN = 65536
-_EBADF = EventResult(ret="EBADF")  # an event on an endpoint the case closed: no syscall
-
-
-def _ret(r: int) -> Ret:
-    return r if r >= 0 else errno_ret(-r)
 
 
 class World:
@@ -131,22 +80,6 @@ class World:
         # count) after every helper step.
         self.audit: list[tuple[int, int, int]] | None = None
 
-    # ---- send path ---------------------------------------------------------------------
-
-    def sock_sendmsg(self, sk: Sock, data: bytes, flags: int) -> int:
-        """sock_sendmsg -> sk->sk_prot->sendmsg: tcp_bpf_sendmsg for config TX (a psock
-        that captured the program, §1.1), else plain tcp_sendmsg."""
-        psock = sk.psock
-        if psock is not None and psock.prog:
-            ret = tcp_bpf_sendmsg(self, sk, data, flags)
-        else:
-            ret = tcp_sendmsg_locked(self.sig, sk, data, None, flags)
-        # Both take the socket lock for one call: the RST that call's segments provoked is
-        # processed at its release_sock, so a splice/sendfile's next sock_sendmsg of the same
-        # syscall already finds the socket reset.
-        release_sock(sk)
-        return ret
-
     def payload(self, i: int, size: int) -> bytes:
         """Case.payload_for(i), with the alphabet's running offset kept here instead of
         summed again for every send (tests/model check the two agree)."""
@@ -157,145 +90,16 @@ class World:
         off = (start + self.alpha_seed) % len(ALPHABET)
         return (ALPHABET * ((off + size) // len(ALPHABET) + 1))[off : off + size]
 
-    def _send(self, i: int, ev: SendEvent, kind: str, flags: int) -> EventResult:
-        data = self.payload(i, ev.size)  # the running offset counts every send, run or not
-        sk = self.socks[ev.ep]
-        if sk.closed:
-            return _EBADF
-        self.task = i
-        self.sig[0] = False
-        self.frag = PageFrag()  # fresh thread: an empty task_frag (§2.2)
-        if kind == "sendmsg":
-            ret = self.sock_sendmsg(sk, data, flags)
-        else:
-            def sendmsg(chunk: bytes, msg_flags: int) -> int:
-                return self.sock_sendmsg(sk, chunk, msg_flags)
-
-            ret = do_sendfile(sendmsg, data) if kind == "sendfile" else do_splice(sendmsg, data, bool(flags))
-        self._settle()
-        return EventResult(ret=_ret(ret), sigpipe=self.sig[0])
-
     def push_pending_frames(self) -> None:
         """What the runner does before recv, fionread and the final drain: TCP_NODELAY set
         again on every open socket pushes frames held back by MSG_MORE (docs/execution.md)."""
         for sk in self.socks.values():
             if not sk.closed and sk.wq.buf:
                 tcp_push_pending_frames(sk)
-        self._settle()
+        self.settle()
 
-    def _settle(self) -> None:
+    def settle(self) -> None:
         """RSTs that answered data sent to a closed socket are processed once the sender
         releases its socket lock, i.e. after the syscall (sim/tcp.py)."""
         for sk in self.socks.values():
             release_sock(sk)
-
-    # ---- other events --------------------------------------------------------------------
-
-    def settled_event(self, i: int, ev: object) -> EventResult:
-        """One event, then the RSTs it provoked.  Outside a send no user holds a socket lock:
-        a reset answering bytes that an arriving FIN flushed (sim/tcp.py) is processed in
-        softirq at once, before the next event looks at the socket."""
-        result = self.event(i, ev)
-        self._settle()
-        return result
-
-    def event(self, i: int, ev: object) -> EventResult:
-        t = type(ev)
-        if t is Send or t is SendMsg:
-            return self._send(i, ev, "sendmsg", _send_flags(ev.flags))  # type: ignore[attr-defined]
-        if t is SendFile:
-            return self._send(i, ev, "sendfile", 0)
-        if t is Splice:
-            # SPLICE_F_MORE adds MSG_MORE to each sock_sendmsg (passed on as a non-zero flags
-            # value); SPLICE_F_NONBLOCK only affects the pipe.
-            return self._send(i, ev, "splice", int("SPLICE_F_MORE" in ev.flags))  # type: ignore[attr-defined]
-        if t is MapDelete:
-            return EventResult(ret=_ret(self.map.delete(ev.key)))  # type: ignore[attr-defined]
-        if t is Detach:
-            return EventResult(ret=_ret(self.map.detach()))
-        if t is Attach:
-            return EventResult(ret=_ret(self.map.attach()))
-        sk = self.socks[ev.ep]  # type: ignore[attr-defined]
-        if sk.closed:
-            return _EBADF
-        if t is Recv:
-            self.push_pending_frames()
-            r, data, unk = tcp_bpf_recvmsg(sk, ev.len, ev.peek)  # type: ignore[attr-defined]
-            if r < 0:
-                return EventResult(ret=errno_ret(-r))
-            return EventResult(ret=r, data=Data(data, tuple(unk)))
-        if t is Fionread:
-            self.push_pending_frames()
-            return EventResult(ret=tcp_bpf_ioctl_inq(sk, *self.fionread))
-        if t is MapInsert:
-            return EventResult(ret=_ret(self.map.update(ev.key, sk, ev.flags)))  # type: ignore[attr-defined]
-        if t is Close:
-            self.push_pending_frames()  # the runner does this first (docs/execution.md)
-            # sock_map_close: out of every map first (psock teardown, §9.2), then tcp_close.
-            self.map.remove_sock(sk)
-            tcp_close(sk, ev.rst)  # type: ignore[attr-defined]
-            self._settle()
-            return EventResult(ret=None)
-        if t is Shutdown:
-            self.push_pending_frames()
-            r = tcp_shutdown(sk, SHUT_HOW[ev.how])  # type: ignore[attr-defined]
-            self._settle()
-            return EventResult(ret=_ret(r))
-        raise ValueError(f"events[{i}]: unknown event {ev!r}")
-
-    # ---- the end of a case ---------------------------------------------------------------
-
-    def drain(self) -> dict[str, Endpoint]:
-        self.push_pending_frames()
-        out: dict[str, Endpoint] = {}
-        for name in self.case.endpoints():
-            sk = self.socks[name]
-            if sk.closed:
-                out[name] = Endpoint(rx=Data(), fionread=None, end="closed")
-                continue
-            fion = tcp_bpf_ioctl_inq(sk, *self.fionread)
-            chunks: list[bytes] = []
-            unk: list[tuple[int, int]] = []
-            pos = 0
-            while True:
-                r, data, u = tcp_bpf_recvmsg(sk, RECV_DRAIN, False)
-                if r <= 0:
-                    end = "EOF" if r == 0 else errno_ret(-r)
-                    break
-                for s, e in u:
-                    if unk and unk[-1][1] == s + pos:
-                        unk[-1] = (unk[-1][0], e + pos)
-                    else:
-                        unk.append((s + pos, e + pos))
-                chunks.append(data)
-                pos += r
-            out[name] = Endpoint(rx=Data(b"".join(chunks), tuple(unk)), fionread=fion, end=end)
-        return out
-
-
-def _send_flags(names: tuple[str, ...]) -> int:
-    value = 0
-    for name in names:
-        value |= SEND_FLAGS[name]
-    return value
-
-
-def run(case: Case, profile: Profile = REFERENCE) -> Outcome:
-    """The model's Outcome for a case (side "model") on a kernel with this profile's behaviours
-    (sim/profile.py; the default is the reference profile the spec describes)."""
-    return run_world(World(case, profile))
-
-
-def run_world(w: World) -> Outcome:
-    """Run the case a World was made for (tests keep the World to inspect its sockets)."""
-    case = w.case
-    socks = w.socks
-    inserts = tuple(_ret(w.map.update(e.key, socks[e.ep], 0)) for e in case.inserts)
-    try:
-        events = tuple(w.settled_event(i, ev) for i, ev in enumerate(case.events))
-    except ModelHang as e:
-        return Outcome(side="model", inserts=inserts, runs=tuple(w.runs), run_count=w.run_count, hang=True,
-                       notes={"hang": str(e), "profile": w.profile.name})
-    endpoints = w.drain()
-    return Outcome(side="model", inserts=inserts, events=events, runs=tuple(w.runs), run_count=w.run_count,
-                   endpoints=endpoints, notes={"profile": w.profile.name})

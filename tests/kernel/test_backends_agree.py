@@ -33,7 +33,7 @@ from diffuzz.outcome import Data, Outcome
 from diffuzz.probes import ProfileChoice
 from kernel_runner.c_codegen import bcc_source
 from kernel_runner.pool import KernelPool, is_error
-from sim.world import run as model_run
+from sim.syscalls import run as model_run
 
 pytestmark = pytest.mark.kernel
 

@@ -40,7 +40,8 @@ from diffuzz.case import (
 from diffuzz.outcome import Data
 from sim.helpers import sk_msg_local
 from sim.sk_msg import MAX_MSG_FRAGS
-from sim.world import World, run_world
+from sim.syscalls import run_world
+from sim.world import World
 
 EPS = ("c0", "p0", "c1", "p1")
 small = st.integers(0, 40)

@@ -24,7 +24,8 @@ from diffuzz.case import (
 )
 from diffuzz.generate import standard_mix
 from diffuzz.strategies import standard_mix_cases
-from sim.world import World, run_world
+from sim.syscalls import run_world
+from sim.world import World
 
 NO_MAP = ()
 
