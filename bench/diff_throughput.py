@@ -2,11 +2,11 @@
 
     .venv/bin/python bench/diff_throughput.py [--cases N] [--jobs J] [--seed K] [--backend interp]
 
-Three measurements on the standard mix (diffuzz.generate.standard_mix: 2 pairs, 1-4 steps per
+Three measurements on the standard mix (diffuzz.engine.generate.standard_mix: 2 pairs, 1-4 steps per
 run, 5 sends of 1-4000 bytes):
 1. generation alone (µs per case);
 2. kernel only: pool.imap over the pre-generated cases;
-3. differential: the engine's own loop (diffuzz.engine.Engine: generate, pool.imap in batches,
+3. differential: the engine's own loop (diffuzz.engine.loop.Engine: generate, pool.imap in batches,
    sim.run in the main process, compare) over the same seed, so the same cases.
 Target: differential >= 70% of kernel only.  Needs root and the interp backend.
 """
@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from diffuzz.corpus import Corpus
-from diffuzz.engine import Engine, FuzzConfig
-from diffuzz.generate import STANDARD_MIX, random_case
+from diffuzz.engine.corpus import Corpus
+from diffuzz.engine.generate import STANDARD_MIX, random_case
+from diffuzz.engine.loop import Engine, FuzzConfig
 
 
 def main() -> int:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from diffuzz.case import (
+from diffuzz.contract.case import (
     BPF_F_INGRESS,
     SK_DROP,
     SK_PASS,

@@ -1,6 +1,6 @@
 """Model throughput: sim.run cases per second on the standard mix, one core.
 
-The standard mix (diffuzz.generate.standard_mix): 2 pairs, 1-4 steps per run, 5 sends of
+The standard mix (diffuzz.engine.generate.standard_mix): 2 pairs, 1-4 steps per run, 5 sends of
 1-4000 bytes, random helpers and arguments, PASS/DROP/redirects.  Cases are generated first;
 only sim.run is timed.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sim
-from diffuzz.generate import standard_mix
+from diffuzz.engine.generate import standard_mix
 
 
 def main() -> int:

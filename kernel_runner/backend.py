@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from diffuzz.case import Case
+from diffuzz.contract.case import Case
 
 
 @dataclass(frozen=True)

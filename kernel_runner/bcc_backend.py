@@ -27,8 +27,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 
-from diffuzz.case import Case
-from diffuzz.outcome import MAX_RUN_RECORDS
+from diffuzz.contract.case import Case
+from diffuzz.contract.outcome import MAX_RUN_RECORDS
 from kernel_runner import bpf_sys
 from kernel_runner.backend import KernelUnsupported, RawRun
 from kernel_runner.c_codegen import (

@@ -31,7 +31,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from diffuzz.case import (
+from diffuzz.contract.case import (
     LAST_RC,
     SK_DROP,
     SK_PASS,
@@ -47,9 +47,9 @@ from diffuzz.case import (
     Step,
     Write,
 )
-from diffuzz.outcome import MAX_RUN_RECORDS
+from diffuzz.contract.outcome import MAX_RUN_RECORDS
 
-MAX_STEPS = 16  # diffuzz.case.MAX_STEPS: the per-run step arrays
+MAX_STEPS = 16  # diffuzz.contract.case.MAX_STEPS: the per-run step arrays
 RECORD_SLOTS = MAX_RUN_RECORDS + 2  # slot 0: the run counter; 1..64: runs 0..63; 65: scratch for later runs
 SCRATCH_SLOT = MAX_RUN_RECORDS + 1
 PROG_NAME = "msg_verdict"

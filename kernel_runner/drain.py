@@ -23,8 +23,8 @@ import socket
 import struct
 import time
 
-from diffuzz.case import Case
-from diffuzz.outcome import Data, Endpoint, errno_ret
+from diffuzz.contract.case import Case
+from diffuzz.contract.outcome import Data, Endpoint, errno_ret
 from kernel_runner.topology import Topology
 
 FIONREAD = 0x541B  # <asm-generic/ioctls.h>, SIOCINQ for sockets

@@ -36,7 +36,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from diffuzz.case import (
+from diffuzz.contract.case import (
     SEND_FLAGS,
     SHUT_HOW,
     SPLICE_FLAGS,
@@ -55,7 +55,7 @@ from diffuzz.case import (
     Shutdown,
     Splice,
 )
-from diffuzz.outcome import MAX_RUN_RECORDS, Data, EventResult, Outcome, Ret, Run, errno_ret
+from diffuzz.contract.outcome import MAX_RUN_RECORDS, Data, EventResult, Outcome, Ret, Run, errno_ret
 from kernel_runner.backend import Backend, CaseProgram, RawRun
 from kernel_runner.drain import drain, fionread
 from kernel_runner.records import task_of, to_run

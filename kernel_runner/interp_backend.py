@@ -25,7 +25,7 @@ import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
-from diffuzz.case import Case
+from diffuzz.contract.case import Case
 from kernel_runner import bpf_sys, script
 from kernel_runner.backend import KernelUnsupported, RawRun
 from kernel_runner.elf_loader import BpfObject, ElfError, LoadedObject

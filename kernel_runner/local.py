@@ -10,8 +10,8 @@ from __future__ import annotations
 import atexit
 import threading
 
-from diffuzz.case import Case
-from diffuzz.outcome import Outcome
+from diffuzz.contract.case import Case
+from diffuzz.contract.outcome import Outcome
 from kernel_runner.pool import KernelPool
 
 DEADLINE = 10.0

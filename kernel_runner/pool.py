@@ -47,8 +47,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from diffuzz.case import Case
-from diffuzz.outcome import (
+from diffuzz.contract.case import Case
+from diffuzz.contract.outcome import (
     Outcome,
     loads_outcome,
 )

@@ -15,8 +15,8 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
-from diffuzz.case import peer_of
-from diffuzz.outcome import Run, RunContext, StepRecord
+from diffuzz.contract.case import peer_of
+from diffuzz.contract.outcome import Run, RunContext, StepRecord
 from kernel_runner.backend import RawRun
 
 EndpointAt = Callable[[bytes, int, "str | None"], "str | None"]  # (ip, port, preferred name) -> name

@@ -46,7 +46,7 @@ import socket
 import struct
 from collections.abc import Sequence
 
-from diffuzz.case import (
+from diffuzz.contract.case import (
     LAST_RC,
     MAX_PROGRAMS,
     MAX_STEPS,
@@ -61,7 +61,7 @@ from diffuzz.case import (
     Step,
     Write,
 )
-from diffuzz.outcome import MAX_RUN_RECORDS
+from diffuzz.contract.outcome import MAX_RUN_RECORDS
 from kernel_runner.backend import RawRun
 
 # enum op in interp.bpf.c

@@ -17,7 +17,7 @@ import struct
 import time
 from collections.abc import Iterator
 
-from diffuzz.case import Case, SockOpt, peer_of
+from diffuzz.contract.case import Case, SockOpt, peer_of
 
 _LINGER_RST = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}: close sends an RST
 TCP_CLOSE = 7  # include/net/tcp_states.h

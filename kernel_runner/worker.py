@@ -30,8 +30,8 @@ import traceback
 from collections.abc import Mapping
 from typing import IO, Any
 
-from diffuzz.case import CaseError, loads_case
-from diffuzz.outcome import Outcome
+from diffuzz.contract.case import CaseError, loads_case
+from diffuzz.contract.outcome import Outcome
 from kernel_runner.backend import Backend, KernelUnsupported
 from kernel_runner.executor import Executor, block_sigpipe
 from kernel_runner.netns import enter_new_netns

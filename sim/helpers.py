@@ -10,7 +10,7 @@ from __future__ import annotations
 from socket import AF_INET6
 from typing import TYPE_CHECKING
 
-from diffuzz.case import (
+from diffuzz.contract.case import (
     LAST_RC,
     WRITE_MAX_OFFSET,
     ApplyBytes,
@@ -21,7 +21,7 @@ from diffuzz.case import (
     Redirect,
     Write,
 )
-from diffuzz.outcome import MAX_RUN_RECORDS, Run, RunContext, StepRecord
+from diffuzz.contract.outcome import MAX_RUN_RECORDS, Run, RunContext, StepRecord
 from sim.sk_msg import MAX_MSG_FRAGS, Elem, SkMsg, concat, remove_range
 from sim.tcp import CLOSE
 

@@ -5,7 +5,7 @@ treated, so the model cannot be one kernel: every rule that differs is a named B
 the kernel change behind it and the case that shows it), and a Profile is a named set of them.
 `sim.run(case, profile)` takes the profile as part of its input; nothing here is global state.
 
-Which profile a running kernel has is decided by probing it (diffuzz/probes.py, libbpf's
+Which profile a running kernel has is decided by probing it (diffuzz/engine/probes.py, libbpf's
 feature-probe idea): the release string cannot tell the two 6.18.44 builds apart.
 """
 

@@ -29,7 +29,7 @@ Decisions taken where the spec leaves room (each from the kernel source; see the
 """
 from __future__ import annotations
 
-from diffuzz.case import (
+from diffuzz.contract.case import (
     SHUT_HOW,
     Attach,
     Case,
@@ -47,7 +47,7 @@ from diffuzz.case import (
     Splice,
     send_flags_value,
 )
-from diffuzz.outcome import Data, Endpoint, EventResult, Outcome, Ret, errno_ret
+from diffuzz.contract.outcome import Data, Endpoint, EventResult, Outcome, Ret, errno_ret
 from sim.helpers import ModelHang
 from sim.page_frag import PageFrag
 from sim.profile import REFERENCE, Profile

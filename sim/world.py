@@ -8,8 +8,8 @@ layers under them (tcp, sockmap, page frags, the profile).
 
 from __future__ import annotations
 
-from diffuzz.case import ALPHABET, ApplyBytes, Case, CorkBytes, Redirect
-from diffuzz.outcome import MAX_RUN_RECORDS, Run, RunContext
+from diffuzz.contract.case import ALPHABET, ApplyBytes, Case, CorkBytes, Redirect
+from diffuzz.contract.outcome import MAX_RUN_RECORDS, Run, RunContext
 from sim.page_frag import PageFrag
 from sim.profile import FIONREAD_INGRESS_MSG, FIONREAD_TCP_INQ, REFERENCE, STALE_SK_REDIR, Profile
 from sim.sockmap import SockMap

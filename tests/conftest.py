@@ -1,7 +1,7 @@
 """Shared test set-up: the one place that decides "this machine cannot do X", and Hypothesis profiles.
 
 Kernel tests carry `@pytest.mark.kernel`.  They run when the machine can do BPF sockmap work and
-skip otherwise, with the reason diffuzz.doctor gives (the same reason `diffuzz doctor` prints):
+skip otherwise, with the reason diffuzz.cli.doctor gives (the same reason `diffuzz doctor` prints):
 
     @pytest.mark.kernel                         # root, a working bpf() syscall, a sockmap
     @pytest.mark.kernel(needs=("bcc",))         # ... and more: "clang", "bcc", "interp"
@@ -18,7 +18,7 @@ import os
 import pytest
 from hypothesis import settings
 
-from diffuzz import doctor
+from diffuzz.cli import doctor
 
 # The base needs of every kernel test, in the order a missing one explains the rest.
 KERNEL_BASE = ("root", "bpf", "sockmap")
@@ -49,8 +49,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 @pytest.fixture(scope="session")
-def kernel_profile():  # -> diffuzz.probes.ProfileChoice
-    """The profile this kernel's probes choose (diffuzz/probes.py), probed once per session.
+def kernel_profile():  # -> diffuzz.engine.probes.ProfileChoice
+    """The profile this kernel's probes choose (diffuzz/engine/probes.py), probed once per session.
 
     Tests that compare the kernel with the model take the model's profile from here.  A kernel
     whose probes match no profile skips them all with one reason, and one test fails instead
@@ -59,7 +59,7 @@ def kernel_profile():  # -> diffuzz.probes.ProfileChoice
     reason = kernel_skip_reason()
     if reason:
         pytest.skip(f"kernel test: {reason}")
-    from diffuzz.probes import probe_and_choose
+    from diffuzz.engine.probes import probe_and_choose
     from kernel_runner import local
 
     choice = probe_and_choose(local.run)

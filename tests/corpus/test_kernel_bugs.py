@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from diffuzz.case import Case, load_case
-from diffuzz.expect import check_expected
+from diffuzz.contract.case import Case, load_case
+from diffuzz.engine.expect import check_expected
 
 BUGS = sorted((Path(__file__).resolve().parents[2] / "corpus" / "kernel-bugs").glob("*.json"))
 

@@ -29,13 +29,13 @@ from typing import Any
 
 import pytest
 
-from diffuzz.case import Case, load_case
-from diffuzz.compare import compare
-from diffuzz.expect import model_out_of_scope
-from diffuzz.corpus import Corpus, format_diff, read_releases, read_status
-from diffuzz.outcome import Outcome
-from diffuzz.probes import ProfileChoice
-from diffuzz.signature import diff_kinds
+from diffuzz.contract.case import Case, load_case
+from diffuzz.engine.compare import compare
+from diffuzz.engine.expect import model_out_of_scope
+from diffuzz.engine.corpus import Corpus, format_diff, read_releases, read_status
+from diffuzz.contract.outcome import Outcome
+from diffuzz.engine.probes import ProfileChoice
+from diffuzz.engine.signature import diff_kinds
 from sim.profile import Profile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,7 +103,7 @@ def test_finding_replays(bucket: Path, kernel_profile: ProfileChoice) -> None:
 
 
 def _load_outcome(path: Path) -> Outcome:
-    from diffuzz.outcome import loads_outcome
+    from diffuzz.contract.outcome import loads_outcome
 
     return loads_outcome(path.read_text())
 

@@ -4,7 +4,7 @@ For every corpus/seeds/*.json:
 - it loads, dumps and reloads to the same case (meta included);
 - the model (sim.run) meets every expectation the spec states for it;
 - the real kernel (kernel_runner.local.run) meets them too (@pytest.mark.kernel).
-Then diffuzz/expect.py itself is tested on hand-made Outcomes.
+Then diffuzz/engine/expect.py itself is tested on hand-made Outcomes.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from diffuzz.case import Case, CaseError, Recv, case_to_dict, load_case, loads_case
-from diffuzz.expect import model_out_of_scope, ExpectedError, check_expected, pattern_of, validate_expected
-from diffuzz.probes import ProfileChoice
+from diffuzz.contract.case import Case, CaseError, Recv, case_to_dict, load_case, loads_case
+from diffuzz.engine.expect import model_out_of_scope, ExpectedError, check_expected, pattern_of, validate_expected
+from diffuzz.engine.probes import ProfileChoice
 from sim.profile import PROFILES, Profile
-from diffuzz.outcome import MAX_RUN_RECORDS, Data, Endpoint, EventResult, Outcome, Run, RunContext, StepRecord
+from diffuzz.contract.outcome import MAX_RUN_RECORDS, Data, Endpoint, EventResult, Outcome, Run, RunContext, StepRecord
 
 SEEDS_DIR = Path(__file__).resolve().parents[2] / "corpus" / "seeds"
 SEED_PATHS = sorted(SEEDS_DIR.glob("*.json"))

@@ -12,7 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from diffuzz.campaign import EVENTS, STATE, STATS, _state_from_bytes
+from diffuzz.engine.campaign import EVENTS, STATE, STATS, _state_from_bytes
 
 ROOT = Path(__file__).parents[2]
 
@@ -20,7 +20,7 @@ ROOT = Path(__file__).parents[2]
 # flushes often (every 10 ms) so the kill is likely to land during a write.
 LOOP = textwrap.dedent("""
     import sys
-    from diffuzz.campaign import Campaign
+    from diffuzz.engine.campaign import Campaign
     camp = Campaign.open(sys.argv[1], ["loop"], "r", "random", flush_interval=0.01)
     print("execs", camp.execs, flush=True)
     limit = int(sys.argv[2])

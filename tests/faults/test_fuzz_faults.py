@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from diffuzz.campaign import EVENTS, STATE, STATS, _state_from_bytes
+from diffuzz.engine.campaign import EVENTS, STATE, STATS, _state_from_bytes
 
 ROOT = Path(__file__).parents[2]
 kernel = pytest.mark.kernel
@@ -44,8 +44,8 @@ PLANTED = textwrap.dedent("""
     import dataclasses, os, sys, zlib
     import sim
     PLANT = os.environ.get("DIFFUZZ_TEST_PLANT") == "1"
-    import diffuzz.cli_fuzz as cli_fuzz
-    import diffuzz.engine as engine
+    import diffuzz.cli.fuzz as cli_fuzz
+    import diffuzz.engine.loop as engine
     real = sim.run
 
     def planted(case, *profile):
@@ -58,7 +58,7 @@ PLANTED = textwrap.dedent("""
     config = engine.FuzzConfig
     engine.FuzzConfig = lambda **kw: config(batch=32, **kw)
     cli_fuzz._independent_factory = lambda deadline: None
-    from diffuzz.cli import main
+    from diffuzz.cli.commands import main
     sys.argv = ["diffuzz", *sys.argv[1:]]
     main()
 """)
@@ -162,10 +162,10 @@ def test_worker_that_stops_answering_is_a_hang_finding(tmp_path: Path) -> None:
 def test_setup_insert_refused_with_ebusy_is_an_outcome(tmp_path: Path) -> None:
     _need_kernel()
     import sim
-    from diffuzz.campaign import Campaign
-    from diffuzz.case import Case, MapEntry, Send
-    from diffuzz.corpus import Corpus
-    from diffuzz.engine import Engine, FuzzConfig
+    from diffuzz.contract.case import Case, MapEntry, Send
+    from diffuzz.engine.campaign import Campaign
+    from diffuzz.engine.corpus import Corpus
+    from diffuzz.engine.loop import Engine, FuzzConfig
     from kernel_runner.pool import KernelPool
 
     busy = Case(pairs=1, inserts=(MapEntry(0, "c0"), MapEntry(1, "c0")), events=(Send("c0", 10),))
@@ -188,9 +188,9 @@ ENOSPC = textwrap.dedent("""
     subprocess.run(["mount", "--make-rprivate", "/"], check=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", sys.argv[1]], check=True)
     import sim
-    from diffuzz.campaign import Campaign
-    from diffuzz.corpus import Corpus
-    from diffuzz.engine import Engine, FunctionPool, FuzzConfig
+    from diffuzz.engine.campaign import Campaign
+    from diffuzz.engine.corpus import Corpus
+    from diffuzz.engine.loop import Engine, FunctionPool, FuzzConfig
     work = Path(sys.argv[1])
     kernel = FunctionPool(lambda c: dataclasses.replace(sim.run(c), run_count=sim.run(c).run_count + 1))
     camp = Campaign.open(work, ["test"], "r", "random", flush_interval=0)

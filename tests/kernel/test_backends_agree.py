@@ -1,6 +1,6 @@
 """The two kernel backends agree: generated cases give identical outcomes on the interpreter
 program (kernel_runner/interp_backend.py) and on per-case bcc-compiled C
-(kernel_runner/bcc_backend.py), compared with diffuzz.compare.compare, every field.
+(kernel_runner/bcc_backend.py), compared with diffuzz.engine.compare.compare, every field.
 
 If they differ, one of the two programs does not do what docs/execution.md says a program
 run does, and every finding that rests on it is suspect.  Both sides here are the real
@@ -11,7 +11,7 @@ One thing is not the backends' to agree on: bytes inserted by bpf_msg_push_data 
 uninitialised kernel memory (spec §6.5), different on every run.  The model (sim) knows which
 delivered bytes those are, so the bcc outcome takes the model's unknown ranges where the model
 delivers the same number of bytes: compare() then applies its own rule for unknown bytes
-(diffuzz/compare.py MASKS), and every other byte is compared exactly.
+(diffuzz/engine/compare.py MASKS), and every other byte is compared exactly.
 
 Cost: bcc compiles each distinct program once per worker (about 0.35 s), so the cases are
 built from DONORS generated cases, each run in VARIANTS forms that share its program text
@@ -26,11 +26,11 @@ from dataclasses import replace
 
 import pytest
 
-from diffuzz.case import STEP_TYPES, Case
-from diffuzz.compare import compare
-from diffuzz.generate import random_case
-from diffuzz.outcome import Data, Outcome
-from diffuzz.probes import ProfileChoice
+from diffuzz.contract.case import STEP_TYPES, Case
+from diffuzz.contract.outcome import Data, Outcome
+from diffuzz.engine.compare import compare
+from diffuzz.engine.generate import random_case
+from diffuzz.engine.probes import ProfileChoice
 from kernel_runner.c_codegen import bcc_source
 from kernel_runner.pool import KernelPool, is_error
 from sim.syscalls import run as model_run

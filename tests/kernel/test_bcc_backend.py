@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from diffuzz.case import (
+from diffuzz.contract.case import (
     LAST_RC,
     SK_DROP,
     SK_PASS,
@@ -36,7 +36,7 @@ from diffuzz.case import (
     Send,
     Write,
 )
-from diffuzz.outcome import Data, Outcome, Run, RunContext, StepRecord
+from diffuzz.contract.outcome import Data, Outcome, Run, RunContext, StepRecord
 from kernel_runner import bcc_backend, bpf_sys
 from kernel_runner.bcc_backend import BccBackend, patch_map_fds
 from kernel_runner.c_codegen import (

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from diffuzz.case import (
+from diffuzz.contract.case import (
     BPF_F_INGRESS,
     SK_DROP,
     SK_PASS,
@@ -38,7 +38,7 @@ from diffuzz.case import (
     SockOpt,
     Splice,
 )
-from diffuzz.outcome import Data, Endpoint, EventResult, Outcome, Run, RunContext, StepRecord
+from diffuzz.contract.outcome import Data, Endpoint, EventResult, Outcome, Run, RunContext, StepRecord
 from kernel_runner.backend import RawRun
 from kernel_runner.pool import KernelPool, is_error
 from kernel_runner.records import endpoint_name, remote_port_host, to_run

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from diffuzz.case import (
+from diffuzz.contract.case import (
     LAST_RC,
     SK_DROP,
     SK_PASS,

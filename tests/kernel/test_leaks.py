@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from diffuzz.case import (
+from diffuzz.contract.case import (
     BPF_F_INGRESS,
     SK_DROP,
     SK_PASS,

@@ -1,4 +1,4 @@
-"""The probes on this kernel (diffuzz/probes.py): every behaviour decided, one profile matched.
+"""The probes on this kernel (diffuzz/engine/probes.py): every behaviour decided, one profile matched.
 
 This is the one test that fails when the kernel has a behaviour no profile knows; the tests that
 compare the kernel with the model skip then (tests/conftest.py `kernel_profile`), so the new
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from diffuzz.probes import choose_profile, run_probes
+from diffuzz.engine.probes import choose_profile, run_probes
 from kernel_runner import local
 from sim.profile import PROFILES
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from diffuzz.case import Case, Invocation, MapEntry, Send, SockOpt
-from diffuzz.outcome import Data, EventResult, loads_outcome
+from diffuzz.contract.case import Case, Invocation, MapEntry, Send, SockOpt
+from diffuzz.contract.outcome import Data, EventResult, loads_outcome
 from kernel_runner.backend import KernelUnsupported
 from kernel_runner.netns import NOT_ROOT
 from kernel_runner.pidns import FOREIGN_PID_NS
@@ -188,7 +188,7 @@ def test_a_slow_consumer_is_not_a_hang() -> None:
 def test_raw_and_python_send_threads_agree() -> None:
     # executor.py issues fresh-thread sends from a raw pthread (x86-64) or a Python thread;
     # the kernel must not be able to tell: same returns, SIGPIPE, windows, tasks, bytes.
-    from diffuzz.case import BPF_F_INGRESS, Redirect, SendFile, SendMsg, Shutdown, Splice
+    from diffuzz.contract.case import BPF_F_INGRESS, Redirect, SendFile, SendMsg, Shutdown, Splice
 
     inserts = tuple(MapEntry(k, ep) for k, ep in enumerate(("c0", "p0", "c1", "p1")))
     cases = [

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffuzz.case import (
+from diffuzz.contract.case import (
     ApplyBytes,
     Case,
     CorkBytes,
@@ -26,7 +26,7 @@ from diffuzz.case import (
     Verdict,
     Write,
 )
-from diffuzz.outcome import Outcome
+from diffuzz.contract.outcome import Outcome
 
 PASS = 1
 DROP = 0

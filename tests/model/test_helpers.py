@@ -7,7 +7,7 @@ import pytest
 from model_builders import ApplyBytes, CorkBytes, PopData, PullData, PushData, Redirect, case, inv, rx, send
 
 import sim
-from diffuzz.case import MapEntry, MapSpec
+from diffuzz.contract.case import MapEntry, MapSpec
 from sim.helpers import bpf_msg_pop_data, bpf_msg_pull_data, bpf_msg_push_data
 from sim.page_frag import PageFrag, sk_msg_alloc
 from sim.sk_msg import MAX_MSG_FRAGS, Elem, SkMsg

@@ -16,7 +16,7 @@ from __future__ import annotations
 from model_builders import ApplyBytes, PopData, PullData, Redirect, case, inv, run_sizes
 
 import sim
-from diffuzz.case import MapEntry, SendFile, Shutdown, Splice
+from diffuzz.contract.case import MapEntry, SendFile, Shutdown, Splice
 from sim.helpers import bpf_msg_pop_data, bpf_msg_pull_data
 from sim.page_frag import PageFrag, sk_msg_alloc
 from sim.sk_msg import SkMsg

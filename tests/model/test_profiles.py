@@ -1,4 +1,4 @@
-"""Kernel behaviour profiles (sim/profile.py) and choosing one from probes (diffuzz/probes.py),
+"""Kernel behaviour profiles (sim/profile.py) and choosing one from probes (diffuzz/engine/probes.py),
 without a kernel.
 
 - every corpus finding's recorded kernel.json is reproduced by the model under each profile its
@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 import sim
-from diffuzz.case import load_case
-from diffuzz.compare import compare
-from diffuzz.corpus import Corpus, format_diff, read_profiles
-from diffuzz.outcome import loads_outcome
-from diffuzz.probes import PROBES, ProbeResult, choose_profile
+from diffuzz.contract.case import load_case
+from diffuzz.contract.outcome import loads_outcome
+from diffuzz.engine.compare import compare
+from diffuzz.engine.corpus import Corpus, format_diff, read_profiles
+from diffuzz.engine.probes import PROBES, ProbeResult, choose_profile
 from sim.profile import (
     BEHAVIOURS,
     PROFILES,

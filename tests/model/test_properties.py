@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sim
-from diffuzz.case import (
+from diffuzz.contract.case import (
     ApplyBytes,
     Case,
     Close,
@@ -37,7 +37,7 @@ from diffuzz.case import (
     Splice,
     Write,
 )
-from diffuzz.outcome import Data
+from diffuzz.contract.outcome import Data
 from sim.helpers import sk_msg_local
 from sim.sk_msg import MAX_MSG_FRAGS
 from sim.syscalls import run_world

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from model_builders import ApplyBytes, CorkBytes, PopData, PushData, Redirect, case, inv, rets, rx, send
 
 import sim
-from diffuzz.case import (
+from diffuzz.contract.case import (
     Attach,
     Close,
     Detach,
@@ -22,8 +22,8 @@ from diffuzz.case import (
     Shutdown,
     Splice,
 )
-from diffuzz.generate import standard_mix
-from diffuzz.strategies import standard_mix_cases
+from diffuzz.engine.generate import standard_mix
+from diffuzz.engine.strategies import standard_mix_cases
 from sim.syscalls import run_world
 from sim.world import World
 
@@ -160,7 +160,7 @@ def test_apply1_long_send_counts_every_run() -> None:
 
 
 def test_world_payload_equals_case_payload_for() -> None:
-    from diffuzz.case import SEND_TYPES
+    from diffuzz.contract.case import SEND_TYPES
 
     for i in range(300):
         c = standard_mix(11, i)

@@ -25,7 +25,7 @@ from model_builders import (
 )
 
 import sim
-from diffuzz.case import Close, Detach, Fionread, MapDelete, MapEntry, SendFile, Shutdown
+from diffuzz.contract.case import Close, Detach, Fionread, MapDelete, MapEntry, SendFile, Shutdown
 
 ALPHA = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -221,7 +221,7 @@ def test_w23_failed_redirect_keeps_stale_target() -> None:
 
 
 def test_w24a_basic_pop() -> None:
-    from diffuzz.case import Payload
+    from diffuzz.contract.case import Payload
 
     o = sim.run(case(inv(PopData(1, 2)), [send(3), send(3)], payload=Payload("alphabet", 6)))
     assert rx(o, "p0") == "GJ"

@@ -40,14 +40,14 @@ from typing import Any
 
 import pytest
 
-from diffuzz.case import SEND_TYPES, Case, load_case
-from diffuzz.compare import compare
-from diffuzz.corpus import Corpus
-from diffuzz.engine import Engine, FunctionPool, FuzzConfig
-from diffuzz.generate import random_case
-from diffuzz.minimize import minimize
-from diffuzz.outcome import Outcome
-from diffuzz.signature import diff_kinds
+from diffuzz.contract.case import SEND_TYPES, Case, load_case
+from diffuzz.contract.outcome import Outcome
+from diffuzz.engine.compare import compare
+from diffuzz.engine.corpus import Corpus
+from diffuzz.engine.generate import random_case
+from diffuzz.engine.loop import Engine, FunctionPool, FuzzConfig
+from diffuzz.engine.minimize import minimize
+from diffuzz.engine.signature import diff_kinds
 
 pytestmark = pytest.mark.quality
 

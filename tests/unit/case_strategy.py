@@ -1,7 +1,7 @@
 """Hypothesis strategies for ANY valid Case (and any Outcome, at the end): every step and event kind,
 raw u32/u64 values, meta, sockopts, both payload patterns, up to the format's limits.
 
-This is the format's strategy, not the fuzzer's (diffuzz/strategies.py draws from the generator's
+This is the format's strategy, not the fuzzer's (diffuzz/engine/strategies.py draws from the generator's
 distribution): it exists to check that whatever the format allows survives JSON and loading unchanged.
 Sizes are drawn mostly small with the limits themselves mixed in, so a run stays fast but the edges are hit.
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from diffuzz.case import (
+from diffuzz.contract.case import (
     FAMILIES,
     LAST_RC,
     MAP_TYPES,
@@ -60,7 +60,7 @@ from diffuzz.case import (
     Splice,
     Write,
 )
-from diffuzz.outcome import Data, Endpoint, EventResult, Outcome, Run, RunContext, StepRecord
+from diffuzz.contract.outcome import Data, Endpoint, EventResult, Outcome, Run, RunContext, StepRecord
 
 
 def _sized(hi: int, lo: int = 0) -> st.SearchStrategy[int]:

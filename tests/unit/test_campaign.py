@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from diffuzz.campaign import EVENTS, SEED_BLOCK, STATE, STATS, Campaign, CampaignError, FileOps
+from diffuzz.engine.campaign import EVENTS, SEED_BLOCK, STATE, STATS, Campaign, CampaignError, FileOps
 
 ARGV = ["diffuzz", "fuzz", "--workdir", "w"]
 
@@ -175,7 +175,7 @@ def test_real_tmpfs_full_in_private_mount_namespace(tmp_path: Path) -> None:
     mnt.mkdir()
     script = textwrap.dedent(f"""
         import io, json, os, sys
-        from diffuzz.campaign import Campaign
+        from diffuzz.engine.campaign import Campaign
         err = io.StringIO()
         camp = Campaign.open({str(mnt)!r}, ["t"], "r", "random", stderr=err)
         fd = os.open(os.path.join({str(mnt)!r}, "filler"), os.O_WRONLY | os.O_CREAT)

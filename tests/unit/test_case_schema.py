@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 
-from diffuzz.case import (
+from diffuzz.contract.case import (
     ALPHABET,
     FORMAT_VERSION,
     MAX_EVENTS,
@@ -272,7 +272,7 @@ def test_doc_step_and_event_examples_load() -> None:
 
 
 def test_doc_outcome_example_loads() -> None:
-    from diffuzz.outcome import loads_outcome
+    from diffuzz.contract.outcome import loads_outcome
 
     outcome = loads_outcome(_doc_json_blocks()[3])
     assert outcome.side == "kernel" and outcome.run_count == 2

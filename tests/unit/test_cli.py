@@ -13,11 +13,11 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from diffuzz import doctor, reproduce_view
-from diffuzz.case import Case, Close, Invocation, MapEntry, PushData, Recv, Redirect, Send, SendMsg, Shutdown
-from diffuzz.cli import main
-from diffuzz.compare import compare
-from diffuzz.outcome import Data, Endpoint, EventResult, Outcome, Run, RunContext, StepRecord
+from diffuzz.cli import doctor, reproduce_view
+from diffuzz.cli.commands import main
+from diffuzz.contract.case import Case, Close, Invocation, MapEntry, PushData, Recv, Redirect, Send, SendMsg, Shutdown
+from diffuzz.contract.outcome import Data, Endpoint, EventResult, Outcome, Run, RunContext, StepRecord
+from diffuzz.engine.compare import compare
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "corpus" / "seeds" / "W01_plain_pass.json"
@@ -42,7 +42,7 @@ def test_help_lists_the_commands() -> None:
     assert code == 0
     for command in ("run", "reproduce", "doctor"):
         assert f"  {command} " in out
-    if importlib.util.find_spec("diffuzz.cli_fuzz") is not None:
+    if importlib.util.find_spec("diffuzz.cli.fuzz") is not None:
         assert "  fuzz " in out and "  minimize " in out
 
 
@@ -109,7 +109,7 @@ def test_bad_arguments_are_one_line_and_exit_2(args: tuple[str, ...], fragment: 
 
 def _console_script() -> list[str]:
     script = Path(sys.executable).with_name("diffuzz")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "diffuzz.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "diffuzz.cli.commands"]
 
 
 @pytest.mark.parametrize(
@@ -200,7 +200,7 @@ def test_run_kernel_side_summary_names_each_observable() -> None:
 @pytest.mark.skipif(not _model_available(), reason="the model (sim.run) is not written yet")
 def test_reproduce_exit_code_follows_compare() -> None:
     import sim
-    from diffuzz.case import load_case
+    from diffuzz.contract.case import load_case
     from kernel_runner import local
 
     case = load_case(str(SEED))

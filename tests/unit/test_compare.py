@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 from hypothesis import given
 
-from diffuzz.compare import MASKS, Difference, compare
-from diffuzz.outcome import Data, Endpoint, EventResult, Outcome, Run, RunContext, StepRecord
+from diffuzz.contract.outcome import Data, Endpoint, EventResult, Outcome, Run, RunContext, StepRecord
+from diffuzz.engine.compare import MASKS, Difference, compare
 from tests.unit.case_strategy import outcomes
 
 CTX = RunContext(family=2, local="c0", remote="p0", task=0)

@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from diffuzz.case import Case, Invocation, MapEntry, PushData, Send, loads_case
-from diffuzz.compare import Difference
-from diffuzz.corpus import Corpus, Finding, read_releases, read_status, write_atomic
-from diffuzz.outcome import EventResult, Outcome, loads_outcome
-from diffuzz.signature import Signature, diff_kinds
+from diffuzz.contract.case import Case, Invocation, MapEntry, PushData, Send, loads_case
+from diffuzz.contract.outcome import EventResult, Outcome, loads_outcome
+from diffuzz.engine.compare import Difference
+from diffuzz.engine.corpus import Corpus, Finding, read_releases, read_status, write_atomic
+from diffuzz.engine.signature import Signature, diff_kinds
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,7 +97,7 @@ def _killed_writer(tmp_path: Path, body: str, ready: Callable[[], bool] | None =
 def test_writer_killed_mid_write_leaves_old_or_new_file(tmp_path):
     _killed_writer(tmp_path, """
         import sys, pathlib
-        from diffuzz.corpus import write_atomic
+        from diffuzz.engine.corpus import write_atomic
         d = pathlib.Path(sys.argv[1])
         (d / "started").touch()
         i = 0
@@ -113,11 +113,11 @@ def test_writer_killed_mid_bucket_leaves_no_half_bucket(tmp_path):
     _killed_writer(tmp_path, """
         import sys, pathlib
         from dataclasses import replace
-        from diffuzz.case import Case, Send
-        from diffuzz.compare import Difference
-        from diffuzz.corpus import Corpus, Finding
-        from diffuzz.outcome import Outcome
-        from diffuzz.signature import Signature
+        from diffuzz.contract.case import Case, Send
+        from diffuzz.engine.compare import Difference
+        from diffuzz.engine.corpus import Corpus, Finding
+        from diffuzz.contract.outcome import Outcome
+        from diffuzz.engine.signature import Signature
         d = pathlib.Path(sys.argv[1])
         corpus = Corpus(d / "c")
         (d / "started").touch()

@@ -1,4 +1,4 @@
-"""The fuzz loop with a campaign attached (diffuzz/engine.py + diffuzz/campaign.py), against the
+"""The fuzz loop with a campaign attached (diffuzz/engine/loop.py + diffuzz/engine/campaign.py), against the
 model as its own reference (FunctionPool), so no kernel is needed: counts and coverage go to
 the campaign, a resumed campaign continues the case stream, findings, flaky differences, hangs
 and failed kernel runs take their paths, and a finding the disk refuses is kept and saved later."""
@@ -16,16 +16,16 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-import diffuzz.engine as engine_module
-from diffuzz.campaign import EVENTS, Campaign
-from diffuzz.case import Case, loads_case
-from diffuzz.confirm import Independent
-from diffuzz.corpus import Corpus, Finding, Recorded
-from diffuzz.engine import Engine, FunctionPool, FuzzConfig, FuzzStats
-from diffuzz.features import features
-from diffuzz.generate import random_case
-from diffuzz.outcome import Outcome
-from diffuzz.status import Status, status_text
+import diffuzz.engine.loop as engine_module
+from diffuzz.cli.status import Status, status_text
+from diffuzz.contract.case import Case, loads_case
+from diffuzz.contract.outcome import Outcome
+from diffuzz.engine.campaign import EVENTS, Campaign
+from diffuzz.engine.confirm import Independent
+from diffuzz.engine.corpus import Corpus, Finding, Recorded
+from diffuzz.engine.features import features
+from diffuzz.engine.generate import random_case
+from diffuzz.engine.loop import Engine, FunctionPool, FuzzConfig, FuzzStats
 
 
 def _model() -> Any:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from diffuzz.case import (
+from diffuzz.contract.case import (
     ApplyBytes,
     Case,
     CorkBytes,
@@ -26,8 +26,8 @@ from diffuzz.case import (
     Redirect,
     Send,
 )
-from diffuzz.features import feature_id, feature_names, features
-from diffuzz.outcome import Data, Endpoint, EventResult, Outcome, Run, RunContext, StepRecord
+from diffuzz.contract.outcome import Data, Endpoint, EventResult, Outcome, Run, RunContext, StepRecord
+from diffuzz.engine.features import feature_id, feature_names, features
 
 ROOT = Path(__file__).parents[2]
 MAPPED = (MapEntry(0, "c0"), MapEntry(1, "p0"))
@@ -55,7 +55,7 @@ def test_same_input_same_features_across_processes() -> None:
     o = outcome((14,), (run("c0", 10, 0, (0,), size_out=14),))
     here = sorted(features(c, o))
     code = (
-        "from diffuzz.features import feature_id;"
+        "from diffuzz.engine.features import feature_id;"
         "print(feature_id('h:0:0:push_data:ok'), feature_id('send:send:full'))"
     )
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -166,7 +166,7 @@ def test_hang_is_its_own_feature() -> None:
 
 COVERAGE_PROBE = """
 import sys, atheris
-from diffuzz import fuzz_target
+from diffuzz.cli import fuzz_target
 mechanism, hit = fuzz_target.coverage_hook(atheris, sys.argv.pop(1))
 def one(data):
     hit(b * 7919 + i for i, b in enumerate(data[:4]))
@@ -196,7 +196,7 @@ def test_fuzz_target_model_only_runs() -> None:
 
     if not hasattr(sim, "run"):
         pytest.skip("sim.run (the model) does not exist yet")
-    proc = subprocess.run([sys.executable, "-m", "diffuzz.fuzz_target", "--model-only", "-runs=200", "-seed=1"],
+    proc = subprocess.run([sys.executable, "-m", "diffuzz.cli.fuzz_target", "--model-only", "-runs=200", "-seed=1"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Done 200 runs" in proc.stderr and "model only" in proc.stderr

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diffuzz.case import (
+from diffuzz.contract.case import (
     BPF_F_INGRESS,
     EVENT_TYPES,
     SEND_TYPES,
@@ -31,8 +31,8 @@ from diffuzz.case import (
     case_to_dict,
     loads_case,
 )
-from diffuzz.choice import BytesChooser, RandomChooser, WeightTable
-from diffuzz.generate import (
+from diffuzz.engine.choice import BytesChooser, RandomChooser, WeightTable
+from diffuzz.engine.generate import (
     DEFAULT,
     PUSHPOP_MAX,
     SENDS_PER_SENDER_MAX,
@@ -41,7 +41,7 @@ from diffuzz.generate import (
     standard_mix,
     zone_violation,
 )
-from diffuzz.strategies import cases
+from diffuzz.engine.strategies import cases
 
 N = 3000
 

@@ -3,7 +3,7 @@ never run a candidate twice, and respect its time budget."""
 
 from __future__ import annotations
 
-from diffuzz.case import (
+from diffuzz.contract.case import (
     SEND_TYPES,
     U32,
     ApplyBytes,
@@ -15,8 +15,8 @@ from diffuzz.case import (
     Send,
     SendMsg,
 )
-from diffuzz.generate import GenConfig, random_case
-from diffuzz.minimize import Minimizer, complexity, minimize
+from diffuzz.engine.generate import GenConfig, random_case
+from diffuzz.engine.minimize import Minimizer, complexity, minimize
 
 BIG = GenConfig(pairs=(2, 3), sends=(20, 20), others=(4, 8), steps=(2, 4), invocations=(2, 4))
 

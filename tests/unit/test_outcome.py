@@ -7,7 +7,7 @@ import json
 import pytest
 from hypothesis import given
 
-from diffuzz.outcome import Data, Endpoint, EventResult, Outcome, errno_ret, loads_outcome, outcome_from_dict
+from diffuzz.contract.outcome import Data, Endpoint, EventResult, Outcome, errno_ret, loads_outcome, outcome_from_dict
 from tests.unit.case_strategy import datas, outcomes
 
 

@@ -1,7 +1,7 @@
 """The findings corpus: one directory per difference signature, like syzkaller's crash dirs.
 
     corpus/findings/<slug>-<hash>/
-        case.json     the minimized case (diffuzz.case JSON)
+        case.json     the minimized case (diffuzz.contract.case JSON)
         kernel.json   the kernel's Outcome for it
         model.json    the model's Outcome for it
         diff.txt      the case as a step list and every difference, for people
@@ -30,10 +30,10 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from diffuzz.case import SEND_TYPES, Case
-from diffuzz.compare import Difference
-from diffuzz.outcome import Data, Outcome
-from diffuzz.signature import Signature
+from diffuzz.contract.case import SEND_TYPES, Case
+from diffuzz.contract.outcome import Data, Outcome
+from diffuzz.engine.compare import Difference
+from diffuzz.engine.signature import Signature
 
 STATUSES = ("new", "model-fixed", "kernel-bug", "documented")
 _TMP_PREFIX = ".tmp-"

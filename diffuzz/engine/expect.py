@@ -17,8 +17,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from diffuzz.case import SEND_TYPES, Case, Recv
-from diffuzz.outcome import MAX_RUN_RECORDS, Data, Outcome, Run
+from diffuzz.contract.case import SEND_TYPES, Case, Recv
+from diffuzz.contract.outcome import MAX_RUN_RECORDS, Data, Outcome, Run
 
 WILDCARD = ord("?")
 EXPECTED_KEYS = ("inserts", "events", "sigpipe", "recv", "run_count", "runs", "rx", "fionread", "end")

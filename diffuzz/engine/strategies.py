@@ -1,8 +1,8 @@
 """Hypothesis strategies for Cases, built on the same generator as the random engine.
 
-`cases()` hands Hypothesis' `draw` to diffuzz.generate through a HypothesisChooser, so every
+`cases()` hands Hypothesis' `draw` to diffuzz.engine.generate through a HypothesisChooser, so every
 case Hypothesis finds is one the fuzz loop could also have generated, and Hypothesis shrinks it
-by shrinking the choices (toward the first option of every table, diffuzz/choice.py).
+by shrinking the choices (toward the first option of every table, diffuzz/engine/choice.py).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from diffuzz.case import Case
-from diffuzz.choice import HypothesisChooser
-from diffuzz.generate import DEFAULT, STANDARD_MIX, GenConfig, generate
+from diffuzz.contract.case import Case
+from diffuzz.engine.choice import HypothesisChooser
+from diffuzz.engine.generate import DEFAULT, STANDARD_MIX, GenConfig, generate
 
 
 @st.composite

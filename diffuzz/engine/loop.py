@@ -9,9 +9,9 @@ Dedup before the expensive part: a mismatch whose (differing fields, helpers, ev
 already minimized in this run is re-run once (so flaky ones still do not count) and then
 counted on the bucket it produced, without minimizing again.
 
-Campaign (diffuzz/campaign.py), when one is given: case i of the stream is
+Campaign (diffuzz/engine/campaign.py), when one is given: case i of the stream is
 `source(i)` with i from `campaign.next_seed()`, so a resumed campaign continues the stream; every
-case counts an exec and adds its features (diffuzz/features.py on the model outcome) to the
+case counts an exec and adds its features (diffuzz/engine/features.py on the model outcome) to the
 campaign's coverage; findings, flaky differences and hangs go through record_*.
 
 Faults the loop survives (tests/faults/):
@@ -35,15 +35,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from diffuzz.case import Case
-from diffuzz.compare import Difference, compare
-from diffuzz.confirm import Independent, rerun
-from diffuzz.corpus import Corpus, Finding, Recorded, format_diff, write_atomic
-from diffuzz.features import features
-from diffuzz.generate import DEFAULT, GenConfig, random_case, zone_violation
-from diffuzz.minimize import complexity, minimize
-from diffuzz.outcome import Data, Outcome
-from diffuzz.signature import Kinds, Signature, case_features, diff_kinds
+from diffuzz.contract.case import Case
+from diffuzz.contract.outcome import Data, Outcome
+from diffuzz.engine.compare import Difference, compare
+from diffuzz.engine.confirm import Independent, rerun
+from diffuzz.engine.corpus import Corpus, Finding, Recorded, format_diff, write_atomic
+from diffuzz.engine.features import features
+from diffuzz.engine.generate import DEFAULT, GenConfig, random_case, zone_violation
+from diffuzz.engine.minimize import complexity, minimize
+from diffuzz.engine.signature import Kinds, Signature, case_features, diff_kinds
 
 Model = Callable[[Case], Outcome]
 Source = Callable[[int], Case]  # case index -> case
@@ -129,7 +129,7 @@ class Engine:
                  independent: Independent | None = None,
                  on_event: Callable[[str, FuzzStats], None] | None = None, campaign: Any = None,
                  source: Source | None = None) -> None:
-        """`campaign`: a diffuzz.campaign.Campaign (or None for a run without state);
+        """`campaign`: a diffuzz.engine.campaign.Campaign (or None for a run without state);
         `source`: case index -> case (default: random_case of the config's seed and generator)."""
         self.cfg = config
         self.kernel = kernel

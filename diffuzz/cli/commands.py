@@ -22,9 +22,9 @@ from typing import Any, NoReturn
 
 import click
 
-from diffuzz.case import Case, CaseError, load_case
-from diffuzz.cli_options import profile_option
-from diffuzz.outcome import Outcome
+from diffuzz.cli.options import profile_option
+from diffuzz.contract.case import Case, CaseError, load_case
+from diffuzz.contract.outcome import Outcome
 
 SIDES = ("kernel", "model")
 BACKENDS = ("interp", "bcc")
@@ -113,20 +113,20 @@ def load_or_fail(path: str) -> Case:
 
 
 def model_runner(choice: Any) -> Callable[[Case], Outcome]:
-    """sim.run under the chosen profile (diffuzz.probes.ProfileChoice), imported lazily;
+    """sim.run under the chosen profile (diffuzz.engine.probes.ProfileChoice), imported lazily;
     Unusable with the reason when the model cannot be loaded."""
     try:
-        from diffuzz.probes import model_for
+        from diffuzz.engine.probes import model_for
     except ImportError as e:
         raise Unusable(f"the model is not available: {e}") from None
     return model_for(choice)
 
 
 def choose_profile(forced: str | None, kernel: Callable[[Case], Outcome] | None) -> Any:
-    """The ProfileChoice: the kernel probed when one is given (diffuzz/probes.py), --kernel-profile
+    """The ProfileChoice: the kernel probed when one is given (diffuzz/engine/probes.py), --kernel-profile
     honoured; an unknown profile name is bad input."""
-    from diffuzz.probes import choose_profile as choose
-    from diffuzz.probes import probe_and_choose
+    from diffuzz.engine.probes import choose_profile as choose
+    from diffuzz.engine.probes import probe_and_choose
     from sim.profile import UnknownProfile
 
     try:
@@ -207,7 +207,7 @@ def run(case: str, side: str, as_json: bool, backend: str, kernel_profile: str |
     if as_json:
         click.echo(outcome.to_json(indent=1))
         return 0
-    from diffuzz import reproduce_view
+    from diffuzz.cli import reproduce_view
 
     reproduce_view.print_run(reproduce_view.console(), case, loaded, outcome)
     return 0
@@ -234,7 +234,7 @@ def reproduce(cases: tuple[str, ...], as_json: bool, verbose: bool, backend: str
       diffuzz reproduce corpus/findings/3f2a9c.json
       diffuzz reproduce corpus/seeds/*.json
     """
-    from diffuzz.compare import compare
+    from diffuzz.engine.compare import compare
 
     # Read every file first: a typo in the tenth file should not cost nine kernel runs.
     loaded = [(path, load_or_fail(path)) for path in cases]
@@ -246,7 +246,7 @@ def reproduce(cases: tuple[str, ...], as_json: bool, verbose: bool, backend: str
     differing = failed = 0
     view: Any = None
     if not as_json:
-        from diffuzz import reproduce_view
+        from diffuzz.cli import reproduce_view
 
         view = reproduce_view
         con = view.console()
@@ -307,7 +307,7 @@ def doctor(as_json: bool, kernel_profile: str | None) -> int:
     The "kernel profile" line names the profile this kernel's probes choose and each probe's
     result.  Exit 0 when everything the main job needs is there, else 2.
     """
-    from diffuzz import doctor as checks
+    from diffuzz.cli import doctor as checks
 
     if kernel_profile is not None:
         choose_profile(kernel_profile, None)  # an unknown name is bad input before any probing
@@ -320,7 +320,7 @@ def doctor(as_json: bool, kernel_profile: str | None) -> int:
 
 
 def _add_optional_commands(group: click.Group, module: str, names: Sequence[str]) -> None:
-    """Register commands another module defines, when it exists (diffuzz.cli_fuzz: fuzz, minimize).
+    """Register commands another module defines, when it exists (diffuzz.cli.fuzz: fuzz, minimize).
 
     A module that is absent adds nothing; a module that exists but fails to import (a missing
     dependency) adds stand-ins that say why, so the rest of the CLI keeps working."""
@@ -349,7 +349,7 @@ def _unavailable(name: str, reason: str) -> click.Command:
                          context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 
 
-_add_optional_commands(main, "diffuzz.cli_fuzz", ("fuzz", "minimize"))
+_add_optional_commands(main, "diffuzz.cli.fuzz", ("fuzz", "minimize"))
 
 
 def fail(message: str) -> NoReturn:
@@ -357,5 +357,5 @@ def fail(message: str) -> NoReturn:
     raise BadInput(message)
 
 
-if __name__ == "__main__":  # python -m diffuzz.cli, where the console script is not installed
+if __name__ == "__main__":  # python -m diffuzz.cli.commands, where the console script is not installed
     main()

@@ -1,14 +1,14 @@
 """libFuzzer-compatible entry point (atheris): bytes -> Case -> model and kernel -> compare.
 
-    python -m diffuzz.fuzz_target [--model-only] [corpus dirs] [-max_total_time=N] [-runs=N]
+    python -m diffuzz.cli.fuzz_target [--model-only] [corpus dirs] [-max_total_time=N] [-runs=N]
                                   [-artifact_prefix=DIR/] [other libFuzzer flags]
 
 Every input is decoded by the same generator as the random engine, through the byte-driven
-chooser (diffuzz.choice.BytesChooser), so libFuzzer's mutations of the bytes are mutations of
+chooser (diffuzz.engine.choice.BytesChooser), so libFuzzer's mutations of the bytes are mutations of
 the case and any byte string is a valid case.
 
 Coverage feedback.  The model is NOT instrumented (that would make it slower than the kernel).
-Instead the feature signal of diffuzz.features (helper/state combinations the case reached) is
+Instead the feature signal of diffuzz.engine.features (helper/state combinations the case reached) is
 fed to libFuzzer as coverage counters: at start-up we reserve COUNTERS counters with
 `atheris._reserve_counter()` and, per input, hit counter `feature_id % COUNTERS` with
 `atheris._trace_branch(counter)`.  These are the two calls atheris' own bytecode
@@ -23,13 +23,13 @@ DIFFUZZ_KERNEL_PROFILE=NAME forces one; needs root and BPF).  `--model-only` (or
 DIFFUZZ_MODEL_ONLY=1) runs only the model: coverage-guided search for model crashes, usable
 without root.  A model exception is a crash like any other: libFuzzer saves the input.
 
-A difference that reproduces on a second kernel run is saved through diffuzz.corpus under
+A difference that reproduces on a second kernel run is saved through diffuzz.engine.corpus under
 $DIFFUZZ_CORPUS (default ./runs/default, like `diffuzz fuzz`) and then raised as DifferenceFound, so libFuzzer writes a
 crash artifact (artifact_prefix) and stops, as ClusterFuzzLite expects.  A difference that does
 not reproduce is counted as flaky and printed once per signature.
 
 In-process engine (`diffuzz fuzz --engine atheris`, `run_engine` below): the same libFuzzer loop
-drives diffuzz.engine.Engine.one_case instead, so a case takes the engine's whole path (confirm,
+drives diffuzz.engine.loop.Engine.one_case instead, so a case takes the engine's whole path (confirm,
 minimize, save, campaign state and coverage) and a finding does not stop the run.  libFuzzer
 ends a process with C exit(), which skips Python's clean-up, so the loop ends itself: when the
 engine is done (limit, SIGTERM/SIGINT) the callback runs `finish` and leaves with os._exit(0).
@@ -42,9 +42,9 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from diffuzz.case import Case
-from diffuzz.features import features
-from diffuzz.outcome import Outcome
+from diffuzz.contract.case import Case
+from diffuzz.contract.outcome import Outcome
+from diffuzz.engine.features import features
 
 COUNTERS = 1 << 14
 DISPATCH_BITS = 10
@@ -109,8 +109,8 @@ class Target:
     """TestOneInput and what it keeps between inputs (the kernel pool, flaky signatures)."""
 
     def __init__(self, hit: Callable[[Iterable[int]], None], model_only: bool, corpus_root: str) -> None:
-        from diffuzz.choice import BytesChooser
-        from diffuzz.generate import generate
+        from diffuzz.engine.choice import BytesChooser
+        from diffuzz.engine.generate import generate
 
         self._decode: Callable[[bytes], Case] = lambda data: generate(BytesChooser(data))
         self._hit = hit
@@ -133,9 +133,9 @@ class Target:
             self._check_kernel(case, model)
 
     def _check_kernel(self, case: Case, model: Outcome) -> None:
-        from diffuzz.compare import compare
-        from diffuzz.confirm import rerun
-        from diffuzz.signature import diff_kinds
+        from diffuzz.engine.compare import compare
+        from diffuzz.engine.confirm import rerun
+        from diffuzz.engine.signature import diff_kinds
         from kernel_runner.pool import is_error
 
         kernel = self._pool.run(case)
@@ -161,8 +161,8 @@ class Target:
 
     def _save(self, case: Case, kernel: Outcome, model: Outcome, diffs: tuple, kinds: frozenset[str]) -> str:
         try:
-            from diffuzz.corpus import Corpus, Finding
-            from diffuzz.signature import Signature
+            from diffuzz.engine.corpus import Corpus, Finding
+            from diffuzz.engine.signature import Signature
 
             sig = Signature.of(kinds, case, os.uname().release)
             rec = Corpus(self.corpus_root).record(Finding(case, kernel, model, diffs, sig,
@@ -173,12 +173,12 @@ class Target:
 
 
 def run_engine(engine: Any, corpus_dir: str, finish: Callable[[Any], None]) -> Any:
-    """Run `engine` (diffuzz.engine.Engine, kernel pool and campaign attached) under libFuzzer.
+    """Run `engine` (diffuzz.engine.loop.Engine, kernel pool and campaign attached) under libFuzzer.
     Never returns: `finish(stats)` then os._exit(0) when the engine is done."""
     import atheris
 
-    from diffuzz.choice import BytesChooser
-    from diffuzz.generate import generate
+    from diffuzz.engine.choice import BytesChooser
+    from diffuzz.engine.generate import generate
 
     os.makedirs(corpus_dir, exist_ok=True)
     _mechanism, hit = coverage_hook(atheris)
@@ -211,15 +211,15 @@ def _load_model(pool: Any) -> Callable[[Case], Outcome]:
     (through `pool`; the reference profile when fuzzing the model alone)."""
     import click
 
-    from diffuzz.cli import choose_profile, model_runner
+    from diffuzz.cli.commands import choose_profile, model_runner
 
     try:
         choice = choose_profile(os.environ.get("DIFFUZZ_KERNEL_PROFILE") or None,
                                 pool.run if pool is not None else None)
-        print(f"diffuzz.fuzz_target: {choice.line()}", file=sys.stderr)
+        print(f"diffuzz.cli.fuzz_target: {choice.line()}", file=sys.stderr)
         return model_runner(choice)
     except click.ClickException as e:
-        raise SystemExit(f"diffuzz.fuzz_target: {e.format_message()}") from None
+        raise SystemExit(f"diffuzz.cli.fuzz_target: {e.format_message()}") from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -232,10 +232,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         import atheris
     except ImportError:
-        raise SystemExit("diffuzz.fuzz_target needs atheris: pip install atheris") from None
+        raise SystemExit("diffuzz.cli.fuzz_target needs atheris: pip install atheris") from None
     mechanism, hit = coverage_hook(atheris)
     target = Target(hit, model_only, os.environ.get("DIFFUZZ_CORPUS", "runs/default"))
-    print(f"diffuzz.fuzz_target: {'model only' if model_only else 'kernel vs model'}, "
+    print(f"diffuzz.cli.fuzz_target: {'model only' if model_only else 'kernel vs model'}, "
           f"feature coverage via {mechanism}", file=sys.stderr)
     atheris.Setup(argv, target)
     atheris.Fuzz()

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sim
-from diffuzz.case import Case, case_from_dict
-from diffuzz.compare import compare
-from diffuzz.outcome import Outcome
+from diffuzz.contract.case import Case, case_from_dict
+from diffuzz.contract.outcome import Outcome
+from diffuzz.engine.compare import compare
 from sim.profile import (
     FIONREAD_INGRESS_MSG,
     FIONREAD_TCP_INQ,

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from diffuzz.case import (
+from diffuzz.contract.case import (
     BPF_F_INGRESS,
     LAST_RC,
     SK_DROP,
@@ -29,8 +29,8 @@ from diffuzz.case import (
     Step,
     Write,
 )
-from diffuzz.compare import Difference
-from diffuzz.outcome import Data, Outcome, Run
+from diffuzz.contract.outcome import Data, Outcome, Run
+from diffuzz.engine.compare import Difference
 
 DATA_LIMIT = 48  # bytes of rx/recv data shown in a row; the differences list says where they part
 

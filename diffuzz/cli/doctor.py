@@ -28,7 +28,7 @@ from pathlib import Path
 
 from kernel_runner.pidns import probe_pid_namespace
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: diffuzz/cli/doctor.py -> ../../..
 BPF_DIR = ROOT / "bpf"
 
 # Capability bits (include/uapi/linux/capability.h).
@@ -277,12 +277,12 @@ _SETUP = "bash scripts/setup.sh"
 
 
 def profile_check(forced: str | None, usable: bool) -> Check:
-    """The kernel profile the probes choose (diffuzz/probes.py), each probe's result, and which
+    """The kernel profile the probes choose (diffuzz/engine/probes.py), each probe's result, and which
     probe disagrees with which profile.  Not required: fuzz runs with the nearest profile."""
     if not usable:
         return Check("kernel profile", False, "not probed: the kernel side cannot run here",
                      "fix the lines above first", required=False)
-    from diffuzz.probes import probe_and_choose
+    from diffuzz.engine.probes import probe_and_choose
     from kernel_runner import local
 
     choice = probe_and_choose(local.run, forced)

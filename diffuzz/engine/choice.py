@@ -1,6 +1,6 @@
 """The choice interface: every random decision the case generator makes goes through it.
 
-One generator (diffuzz/generate.py) serves three engines, which differ only in where the
+One generator (diffuzz/engine/generate.py) serves three engines, which differ only in where the
 choices come from:
 
 - RandomChooser(seed): a seeded random.Random; fast, for long `diffuzz fuzz` runs.

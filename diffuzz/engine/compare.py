@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from diffuzz.outcome import Data, Outcome
+from diffuzz.contract.outcome import Data, Outcome
 
 
 @dataclass(frozen=True)

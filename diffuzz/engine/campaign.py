@@ -319,7 +319,7 @@ class Campaign:
     # ---- counting ---------------------------------------------------------------------
 
     def set_kernel_profile(self, profile: dict[str, Any]) -> None:
-        """The profile the model runs under and the probes that chose it (diffuzz/probes.py):
+        """The profile the model runs under and the probes that chose it (diffuzz/engine/probes.py):
         in stats.json from now on, and one `kernel_profile` line in events.jsonl per session."""
         self._meta["kernel_profile"] = profile
         self.event("kernel_profile", **profile)

@@ -15,7 +15,7 @@ passes go from coarse to fine and repeat until a whole round improves nothing:
    search, then a bounded binary search for the smallest value that still fails.
 
 Candidates outside `admissible` are never run.
-The predicate is "same difference signature" (diffuzz.signature.diff_kinds), supplied by the
+The predicate is "same difference signature" (diffuzz.engine.signature.diff_kinds), supplied by the
 caller; minimize() does not know about kernels or models.  A candidate is accepted only if the
 predicate holds *and* it is strictly smaller by `complexity()`, so the passes cannot cycle.
 """
@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from diffuzz.case import (
+from diffuzz.contract.case import (
     SK_PASS,
     U32,
     Case,
@@ -274,7 +274,7 @@ def minimize(case: Case, predicate: Predicate, *, max_seconds: float | None = No
     """The smallest case found for which predicate still holds (predicate(case) must).
 
     `admissible` (optional) rejects candidates without running them: the engine passes the
-    deterministic-zone check (diffuzz.generate.zone_violation), so shrinking cannot walk a case
+    deterministic-zone check (diffuzz.engine.generate.zone_violation), so shrinking cannot walk a case
     into a kernel hang or a timing-dependent result."""
     m = Minimizer(case, predicate, max_seconds=max_seconds, admissible=admissible)
     return m.run(), m.stats

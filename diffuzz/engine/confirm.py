@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from diffuzz.case import Case
-from diffuzz.compare import Difference, compare
-from diffuzz.outcome import Outcome
-from diffuzz.signature import Kinds, diff_kinds
+from diffuzz.contract.case import Case
+from diffuzz.contract.outcome import Outcome
+from diffuzz.engine.compare import Difference, compare
+from diffuzz.engine.signature import Kinds, diff_kinds
 
 
 class Runner(Protocol):

@@ -1,9 +1,9 @@
-"""The structured case generator: choices (diffuzz/choice.py) in, a valid Case out.
+"""The structured case generator: choices (diffuzz/engine/choice.py) in, a valid Case out.
 
 One function, `generate(chooser, config)`, serves every engine: the seeded random engine
 (`random_case`, `standard_mix`, `case_stream`), atheris (BytesChooser) and Hypothesis
-(diffuzz/strategies.py).  It never builds an invalid case: every Case it returns survives the
-JSON round trip through diffuzz.case.
+(diffuzz/engine/strategies.py).  It never builds an invalid case: every Case it returns survives the
+JSON round trip through diffuzz.contract.case.
 
 What the distribution reaches (checked by tests/unit/test_generate.py): every helper and every
 event kind in any order and repetition; helper arguments at the boundaries (0, 1, size-1,
@@ -48,7 +48,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from diffuzz.case import (
+from diffuzz.contract.case import (
     BPF_F_INGRESS,
     LAST_RC,
     MAX_SEND,
@@ -85,7 +85,7 @@ from diffuzz.case import (
     Step,
     Write,
 )
-from diffuzz.choice import Chooser, RandomChooser, WeightTable
+from diffuzz.engine.choice import Chooser, RandomChooser, WeightTable
 
 PUSH_DETERMINISTIC_MAX = 4096  # spec §6.5 / §10: larger pushes may fail with -ENOMEM at random
 PUSH_ALWAYS_FAILS = 8 << 20  # above 4 MiB the page block allocation always fails (§6.5)
@@ -119,7 +119,7 @@ DEFAULT = GenConfig()
 STANDARD_MIX = GenConfig(pairs=(2, 2), steps=(1, 4), sends=(5, 5), send_len=(1, 4000), big_send_p=0.0,
                          zero_send_p=0.0, others=(0, 2))
 
-# Option tables, simplest option first (the chooser contract, diffuzz/choice.py).
+# Option tables, simplest option first (the chooser contract, diffuzz/engine/choice.py).
 _STEP_KINDS = WeightTable([("apply", 3), ("cork", 2), ("redirect", 4), ("push", 3), ("pop", 3),
                            ("pull", 2), ("write", 1)])
 _VERDICTS = WeightTable([(SK_PASS, 12), (LAST_RC, 4), (SK_DROP, 2), (2, 1), (U32, 1)])

@@ -16,8 +16,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from diffuzz.case import Case
-from diffuzz.compare import Difference
+from diffuzz.contract.case import Case
+from diffuzz.engine.compare import Difference
 
 Kinds = frozenset[str]
 

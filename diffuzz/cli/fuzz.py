@@ -1,10 +1,10 @@
-"""`diffuzz fuzz` and `diffuzz minimize` (registered by diffuzz/cli.py).
+"""`diffuzz fuzz` and `diffuzz minimize` (registered by diffuzz/cli/commands.py).
 
     diffuzz fuzz [--duration S] [--cases N] [--seed K] [--jobs J] [--workdir DIR] [--backend interp]
                  [--engine random|atheris]
     diffuzz minimize CASE -o OUT
 
-`fuzz` keeps a campaign (diffuzz/campaign.py) in WORKDIR: stats.json, events.jsonl, state.json;
+`fuzz` keeps a campaign (diffuzz/engine/campaign.py) in WORKDIR: stats.json, events.jsonl, state.json;
 the same command with the same WORKDIR resumes it (counts, elapsed time, coverage, seed cursor).
 Findings go to WORKDIR/findings/.  The repository's corpus/findings/ holds only triaged findings
 that people copy in, so the default WORKDIR is runs/default (relative to the current directory).
@@ -24,18 +24,18 @@ from typing import Any
 
 import click
 
-from diffuzz.case import Case
-from diffuzz.cli_options import profile_option
-from diffuzz.outcome import Outcome
+from diffuzz.cli.options import profile_option
+from diffuzz.contract.case import Case
+from diffuzz.contract.outcome import Outcome
 
 BACKENDS = ("interp", "bcc")
 ENGINES = ("random", "atheris")
 
 
 def _profiled_model(forced: str | None, pool: Any) -> tuple[Any, Callable[[Case], Outcome]]:
-    """Probe the kernel through the pool (diffuzz/probes.py) and bind the model to the chosen
+    """Probe the kernel through the pool (diffuzz/engine/probes.py) and bind the model to the chosen
     profile: (ProfileChoice, model)."""
-    from diffuzz.cli import choose_profile, model_runner
+    from diffuzz.cli.commands import choose_profile, model_runner
 
     choice = choose_profile(forced, pool.run)
     return choice, model_runner(choice)
@@ -44,13 +44,13 @@ def _profiled_model(forced: str | None, pool: Any) -> tuple[Any, Callable[[Case]
 def _check_profile_name(forced: str | None) -> None:
     """An unknown --kernel-profile is bad input before any worker starts."""
     if forced is not None:
-        from diffuzz.cli import choose_profile
+        from diffuzz.cli.commands import choose_profile
 
         choose_profile(forced, None)
 
 
 def _pool(jobs: int, backend: str, deadline: float) -> Any:
-    from diffuzz.cli import Unusable
+    from diffuzz.cli.commands import Unusable
 
     try:
         from kernel_runner.backend import KernelUnsupported
@@ -125,12 +125,12 @@ def fuzz(duration: float | None, n_cases: int | None, seed: int | None, jobs: in
     stats.json, events.jsonl and every finding."""
     import sys
 
-    from diffuzz.campaign import Campaign, CampaignError
-    from diffuzz.cli import Unusable
-    from diffuzz.confirm import Independent
-    from diffuzz.corpus import Corpus
-    from diffuzz.engine import Engine, FuzzConfig
-    from diffuzz.status import Status
+    from diffuzz.cli.commands import Unusable
+    from diffuzz.cli.status import Status
+    from diffuzz.engine.campaign import Campaign, CampaignError
+    from diffuzz.engine.confirm import Independent
+    from diffuzz.engine.corpus import Corpus
+    from diffuzz.engine.loop import Engine, FuzzConfig
 
     if engine_name == "atheris":
         try:
@@ -160,7 +160,7 @@ def fuzz(duration: float | None, n_cases: int | None, seed: int | None, jobs: in
         try:
             with _StopOnSignal(engine):
                 if engine_name == "atheris":
-                    from diffuzz.fuzz_target import run_engine
+                    from diffuzz.cli.fuzz_target import run_engine
 
                     def finish(st: Any) -> None:  # libFuzzer never returns: the loop ends here
                         independent.close()
@@ -204,13 +204,13 @@ def minimize(case_path: str, output: str, backend: str, deadline: float, max_sec
              kernel_profile: str | None) -> int:
     """Shrink a CASE whose kernel and model outcomes differ, keeping the same differing
     fields, and write the smallest case found to OUT."""
-    from diffuzz.cli import BadInput, load_or_fail
-    from diffuzz.compare import compare
-    from diffuzz.corpus import format_diff, write_atomic
-    from diffuzz.generate import zone_violation
-    from diffuzz.minimize import complexity
-    from diffuzz.minimize import minimize as run_minimizer
-    from diffuzz.signature import diff_kinds
+    from diffuzz.cli.commands import BadInput, load_or_fail
+    from diffuzz.engine.compare import compare
+    from diffuzz.engine.corpus import format_diff, write_atomic
+    from diffuzz.engine.generate import zone_violation
+    from diffuzz.engine.minimize import complexity
+    from diffuzz.engine.minimize import minimize as run_minimizer
+    from diffuzz.engine.signature import diff_kinds
 
     case = load_or_fail(case_path)
     _check_profile_name(kernel_profile)

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import zlib
 
-from diffuzz.case import (
+from diffuzz.contract.case import (
     SEND_TYPES,
     Attach,
     Case,
@@ -47,7 +47,7 @@ from diffuzz.case import (
     MapInsert,
     peer_of,
 )
-from diffuzz.outcome import MAX_RUN_RECORDS, Outcome, Ret
+from diffuzz.contract.outcome import MAX_RUN_RECORDS, Outcome, Ret
 
 # Stable ids for feature names; the same few hundred names recur, so memoise the crc32.
 _IDS: dict[str, int] = {}
