@@ -23,8 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from diffuzz.engine.corpus import Corpus
-from diffuzz.engine.generate import STANDARD_MIX, random_case
+from diffuzz.engine.generate import random_case
 from diffuzz.engine.loop import Engine, FuzzConfig
+from diffuzz.engine.zone import STANDARD_MIX
 
 
 def main() -> int:

@@ -120,8 +120,9 @@ def profile(args: argparse.Namespace) -> None:
             print("  (profile child failed)")
         return
     try:
-        from kernel_runner.executor import Executor, block_sigpipe
+        from kernel_runner.executor import Executor
         from kernel_runner.netns import enter_new_netns
+        from kernel_runner.send_thread import block_sigpipe
         from kernel_runner.worker import load_backend
 
         block_sigpipe()

@@ -33,9 +33,10 @@ from typing import IO, Any
 from diffuzz.contract.case import CaseError, loads_case
 from diffuzz.contract.outcome import Outcome
 from kernel_runner.backend import Backend, KernelUnsupported
-from kernel_runner.executor import Executor, block_sigpipe
+from kernel_runner.executor import Executor
 from kernel_runner.netns import enter_new_netns
 from kernel_runner.pidns import probe_pid_namespace
+from kernel_runner.send_thread import block_sigpipe
 
 # Backend name -> (module, class).  Imported only when asked for: bcc_backend pulls in bcc.
 BACKENDS: Mapping[str, tuple[str, str]] = {

@@ -207,10 +207,10 @@ def minimize(case_path: str, output: str, backend: str, deadline: float, max_sec
     from diffuzz.cli.commands import BadInput, load_or_fail
     from diffuzz.engine.compare import compare
     from diffuzz.engine.corpus import format_diff, write_atomic
-    from diffuzz.engine.generate import zone_violation
     from diffuzz.engine.minimize import complexity
     from diffuzz.engine.minimize import minimize as run_minimizer
     from diffuzz.engine.signature import diff_kinds
+    from diffuzz.engine.zone import zone_violation
 
     case = load_or_fail(case_path)
     _check_profile_name(kernel_profile)

@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from diffuzz.engine.loop import FuzzStats
+from diffuzz.engine.fuzz_config import FuzzStats
 
 
 def _hms(seconds: float) -> str:

@@ -13,46 +13,15 @@ and egress, missing keys and keys >= the map size; SOCKMAP and SOCKHASH; IPv4 an
 send kind; recv, peek, FIONREAD, close with FIN or RST, shutdown, map delete and re-insert,
 detach and attach between sends.
 
-The deterministic zone (spec §10).  By default (`GenConfig.deterministic`) cases stay where the
-kernel's result does not depend on timing, memory layout or allocation luck, so a difference is
-a finding and not noise.  Each restriction, and the §10 row it answers:
-- Total bytes sent per case <= 40 KiB (`max_total_bytes`): every message, corked totals
-  included, plus at most 6 pushes of 4 KiB stays <= 64 KiB (ENOSPC chunking row), and the bytes
-  in flight toward any one receiver stay <= 64 KiB (back-pressure row: blocking sends never
-  wait, MSG_DONTWAIT never returns a partial count).
-- push_data len <= 4096, or so large (>= 8 MiB after the u32 cut) that the allocation always
-  fails (§6.5: between the two, GFP_ATOMIC allocations may fail at random).
-- At most 6 push/pop steps in the whole program, and the last step list (which repeats for
-  every later run, `Case.invocation`) pushes or pops only when every message gets exactly one
-  run: no cork_bytes anywhere and every apply_bytes either 0 or larger than anything the case
-  sends.  Otherwise a small apply re-runs the program on the rest of the message and a push in
-  each run would grow the message for ever (a kernel loop, not a finding) or pass 17 ring
-  elements (ring-full corners row).
-- At most 64 program runs from apply_bytes windows: every nonzero apply_bytes a has
-  (bytes sent + bytes pushed) / a <= 64.  Each run under a small apply hands TCP a tiny segment
-  with MSG_MORE (§5.1); thousands of them exhaust the send buffer's memory accounting and the
-  send blocks for good (measured: apply(1) with a push of 3692 bytes hung the worker), and runs
-  past MAX_RUN_RECORDS (64) are not compared anyway.  The generator keeps small applies (the
-  boundary 1 matters) by shrinking the sends, or raises the apply value.
-- At most 8 sends per sending socket (corked appends per cork <= 8).
-- No sockopts: SO_SNDBUF / SO_RCVBUF change when back-pressure starts (back-pressure row).
-- fresh_thread stays True: every send from a new thread pins the page-frag layout, so the model
-  can predict data_end - data (§2.2, first row).
-- Receives may sit between sends: the runner pushes pending TCP frames and lets loopback settle
-  before every recv/fionread (docs/execution.md), which removes the recv-timing row.
-With `deterministic=False` these limits are lifted (sizes up to the format's limits,
-sockopts); use it only with a VM backend or to hunt crashes.
+The deterministic zone (spec §10) the cases stay in by default is diffuzz/engine/zone.py.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, replace
 
 from diffuzz.contract.case import (
     BPF_F_INGRESS,
     LAST_RC,
     MAX_SEND,
-    SEND_TYPES,
     SK_DROP,
     SK_PASS,
     U32,
@@ -86,38 +55,18 @@ from diffuzz.contract.case import (
     Write,
 )
 from diffuzz.engine.choice import Chooser, RandomChooser, WeightTable
-
-PUSH_DETERMINISTIC_MAX = 4096  # spec §6.5 / §10: larger pushes may fail with -ENOMEM at random
-PUSH_ALWAYS_FAILS = 8 << 20  # above 4 MiB the page block allocation always fails (§6.5)
-PUSHPOP_MAX = 6  # spec §10: push plus pop calls per message
-APPLY_RUNS_MAX = 64  # runs an apply_bytes window may cause (module docstring); = outcome.MAX_RUN_RECORDS
-SENDS_PER_SENDER_MAX = 8  # spec §10: corked appends per cork
-# MSG_MORE / SPLICE_F_MORE only on sends of at most this many bytes.  tcp_sendmsg_locked pushes
-# anyway once unpushed bytes pass half the peer's largest window (forced_push(), ~32 KiB on a
-# fresh loopback pair): TCP window state, not sk_msg semantics.  8 such sends stay below it.
-MORE_SEND_MAX = 2048
-
-
-@dataclass(frozen=True)
-class GenConfig:
-    """Ranges the generator draws from (inclusive)."""
-
-    pairs: tuple[int, int] = (1, 3)
-    invocations: tuple[int, int] = (1, 4)
-    steps: tuple[int, int] = (0, 4)  # per invocation
-    sends: tuple[int, int] = (1, 8)
-    send_len: tuple[int, int] = (1, 4000)
-    big_send_p: float = 0.05  # a send of up to 33000 bytes: more than one 32 KiB page, two elements
-    zero_send_p: float = 0.02  # a 0-byte send (returns 0, runs no program, spec §3.1)
-    others: tuple[int, int] = (0, 5)  # non-send events between and after the sends
-    deterministic: bool = True  # stay inside the spec §10 zone (module docstring)
-    max_total_bytes: int = 40 * 1024
-
-
-DEFAULT = GenConfig()
-# The benchmarks' standard mix: 2 pairs, 1-4 steps per run, 5 sends of 1-4000 bytes.
-STANDARD_MIX = GenConfig(pairs=(2, 2), steps=(1, 4), sends=(5, 5), send_len=(1, 4000), big_send_p=0.0,
-                         zero_send_p=0.0, others=(0, 2))
+from diffuzz.engine.zone import (
+    DEFAULT,
+    PUSH_ALWAYS_FAILS,
+    PUSH_DETERMINISTIC_MAX,
+    SENDS_PER_SENDER_MAX,
+    STANDARD_MIX,
+    GenConfig,
+    zone_more,
+    zone_pushpop,
+    zone_runs,
+    zone_splice,
+)
 
 # Option tables, simplest option first (the chooser contract, diffuzz/engine/choice.py).
 _STEP_KINDS = WeightTable([("apply", 3), ("cork", 2), ("redirect", 4), ("push", 3), ("pop", 3),
@@ -135,7 +84,6 @@ _ARG_CLASS = WeightTable([(0, 3), (1, 2), (2, 4), (3, 3), (4, 3), (5, 5), (6, 3)
                           (11, 1)])
 # Classes 0..6: 0, 1, size, size-1, size+1, 0..size, 2..16; then fixed edges; 11: any u64.
 _ARG_FIXED = (0, 1, 0, 0, 0, 0, 0, 1 << 31, U32, 1 << 32, U64)
-_PUSHPOP = (PushData, PopData)
 _SEND_FLAGS = (("MSG_MORE", 0.08), ("MSG_DONTWAIT", 0.1), ("MSG_NOSIGNAL", 0.1), ("MSG_EOR", 0.04))
 
 
@@ -190,8 +138,8 @@ class _Builder:
         events, sizes = self._events(eps, in_map)
         program = self._program(sizes, keys, size)
         if cfg.deterministic:
-            events, program = self._zone_runs(events, program)
-            events = _zone_splice(events, program)
+            events, program = zone_runs(self.ch, events, program)
+            events = zone_splice(events, program)
         pattern = "random" if ch.draw_bool(0.3) else "alphabet"
         sockopts: tuple[SockOpt, ...] = ()
         if not cfg.deterministic and ch.draw_bool(0.2):
@@ -284,17 +232,17 @@ class _Builder:
             n = budget
         kind = ch.weighted(_SEND_KINDS)
         if kind == "send":
-            return Send(ep, n, _zone_more(self._flags(), n, "MSG_MORE"))
+            return Send(ep, n, zone_more(self._flags(), n, "MSG_MORE"))
         if kind == "sendmsg":
             k = ch.draw_int(1, 4)
             cuts = sorted(ch.draw_int(0, n) for _ in range(k - 1))
             iov = tuple(b - a for a, b in zip([0, *cuts], [*cuts, n], strict=True))
-            return SendMsg(ep, iov, _zone_more(self._flags(), n, "MSG_MORE"))
+            return SendMsg(ep, iov, zone_more(self._flags(), n, "MSG_MORE"))
         if kind == "sendfile":
             return SendFile(ep, n)
         n = min(n, 1 << 16)
         flags = tuple(f for f, p in (("SPLICE_F_MORE", 0.1), ("SPLICE_F_NONBLOCK", 0.1)) if ch.draw_bool(p))
-        return Splice(ep, n, _zone_more(flags, n, "SPLICE_F_MORE"))
+        return Splice(ep, n, zone_more(flags, n, "SPLICE_F_MORE"))
 
     def _flags(self) -> tuple[str, ...]:
         ch = self.ch
@@ -341,54 +289,8 @@ class _Builder:
         lists = [[self._step(sizes) for _ in range(ch.draw_int(*cfg.steps))]
                  for _ in range(ch.draw_int(*cfg.invocations))]
         if cfg.deterministic:
-            self._zone_pushpop(lists)
+            zone_pushpop(lists, cfg.max_total_bytes)
         return tuple(Invocation(tuple(steps), ch.weighted(_VERDICTS)) for steps in lists)
-
-    def _zone_pushpop(self, lists: list[list[Step]]) -> None:
-        """Apply the push/pop rule of the deterministic zone (module docstring)."""
-        big = self.cfg.max_total_bytes + PUSHPOP_MAX * PUSH_DETERMINISTIC_MAX
-        one_run_per_message = not any(
-            isinstance(s, CorkBytes) or (isinstance(s, ApplyBytes) and 0 < s.bytes & U32 < big)
-            for steps in lists
-            for s in steps
-        )
-        if not one_run_per_message:
-            lists[-1][:] = [s for s in lists[-1] if not isinstance(s, _PUSHPOP)]
-        seen = 0
-        for steps in lists:
-            kept = []
-            for s in steps:
-                if isinstance(s, _PUSHPOP):
-                    seen += 1
-                    if seen > PUSHPOP_MAX:
-                        continue
-                kept.append(s)
-            steps[:] = kept
-
-    def _zone_runs(self, events: tuple[Event, ...], program: tuple[Invocation, ...]
-                   ) -> tuple[tuple[Event, ...], tuple[Invocation, ...]]:
-        """Apply the apply_bytes run bound of the deterministic zone (module docstring)."""
-        applies = [s.bytes & U32 for inv in program for s in inv.steps if isinstance(s, ApplyBytes)]
-        a = min((x for x in applies if x), default=0)
-        if not a:
-            return events, program
-        pushed = _pushed_bytes(program)
-        sent = sum(e.size for e in events if isinstance(e, SEND_TYPES))
-        room = APPLY_RUNS_MAX * a
-        if sent + pushed <= room:
-            return events, program
-        if room > pushed and self.ch.draw_bool(0.5):
-            # Keep the small apply; cut every send down in proportion (a send stays >= 1 byte).
-            budget = room - pushed
-            cut = tuple(_resized(e, max(1, e.size * budget // sent)) if isinstance(e, SEND_TYPES) and e.size else e
-                        for e in events)
-            if sum(e.size for e in cut if isinstance(e, SEND_TYPES)) <= budget:
-                return cut, program
-        floor = -(-(sent + pushed) // APPLY_RUNS_MAX)
-        return events, tuple(
-            Invocation(tuple(ApplyBytes(floor) if isinstance(s, ApplyBytes) and 0 < s.bytes & U32 < floor else s
-                             for s in inv.steps), inv.verdict)
-            for inv in program)
 
     def _step(self, sizes: list[int]) -> Step:
         ch = self.ch
@@ -417,87 +319,6 @@ class _Builder:
             return PullData(_arg(ch, sizes), _arg(ch, sizes), flags)
         n = ch.draw_int(1, 16)
         return Write(ch.draw_int(0, min(sizes) + 1), ch.draw_int(0, (1 << 8 * n) - 1).to_bytes(n, "little"))
-
-
-def _pushed_bytes(program: tuple[Invocation, ...]) -> int:
-    """The most bytes the program's pushes can add (a push above 4 KiB fails in the zone)."""
-    n = 0
-    for inv in program:
-        for s in inv.steps:
-            if isinstance(s, PushData) and not s.flags and s.len & U32 <= PUSH_DETERMINISTIC_MAX:
-                n += s.len & U32
-    return n
-
-
-def _resized(e: Event, n: int) -> Event:
-    if isinstance(e, SendMsg):
-        iov = list(e.iov)
-        total = 0
-        for i, x in enumerate(iov):
-            iov[i] = min(x, n - total)
-            total += iov[i]
-        return replace(e, iov=tuple(iov))
-    return replace(e, len=n)
-
-
-def _zone_more(flags: tuple[str, ...], n: int, more: str) -> tuple[str, ...]:
-    """Drop the MORE flag from a send larger than MORE_SEND_MAX (the zone keeps it small)."""
-    return tuple(f for f in flags if f != more) if n > MORE_SEND_MAX and more in flags else flags
-
-
-def _splice_unsafe(program: tuple[Invocation, ...]) -> bool:
-    """push_data + apply_bytes (+ a DROP) can make tcp_bpf_sendmsg return more bytes than it was
-    given (spec §4.3: copied -= tosend + delta with delta < 0).  splice_to_socket then releases
-    pipe buffers it does not have: a kernel memory-safety bug (docs/kernel-notes.md K1) that
-    once hung this host.  Such programs are never combined with splice or sendfile on the
-    host; that belongs in the VM backend."""
-    steps = [s for inv in program for s in inv.steps]
-    return any(isinstance(s, PushData) for s in steps) and any(isinstance(s, ApplyBytes) for s in steps)
-
-
-def _zone_splice(events: tuple[Event, ...], program: tuple[Invocation, ...]) -> tuple[Event, ...]:
-    """Turn splice/sendfile into send (same bytes) when the program is _splice_unsafe."""
-    if not _splice_unsafe(program):
-        return events
-    return tuple(Send(e.ep, e.len) if isinstance(e, SendFile | Splice) else e for e in events)
-
-
-def zone_violation(case: Case, config: GenConfig = DEFAULT) -> str | None:
-    """Which rule of the deterministic zone (module docstring) the case breaks, or None.
-
-    The generator never breaks one; the minimizer uses this to stay inside the zone, because
-    deleting a step list or shrinking a number can leave it (a push in the repeating last
-    step list, an apply of 1 over thousands of bytes: kernel hangs, not findings)."""
-    if case.sockopts:
-        return "sockopts"
-    if not case.fresh_thread:
-        return "fresh_thread is off"
-    sends = [e for e in case.events if isinstance(e, SEND_TYPES)]
-    sent = sum(e.size for e in sends)
-    if sent > config.max_total_bytes:
-        return f"{sent} bytes sent, more than {config.max_total_bytes}"
-    for ep in case.endpoints():
-        if sum(1 for e in sends if e.ep == ep) > SENDS_PER_SENDER_MAX:
-            return f"more than {SENDS_PER_SENDER_MAX} sends from {ep}"
-    steps = [s for inv in case.program for s in inv.steps]
-    if sum(isinstance(s, _PUSHPOP) for s in steps) > PUSHPOP_MAX:
-        return f"more than {PUSHPOP_MAX} push/pop steps"
-    for s in steps:
-        if isinstance(s, PushData) and PUSH_DETERMINISTIC_MAX < s.len & U32 < PUSH_ALWAYS_FAILS:
-            return f"push_data len {s.len & U32} may or may not be allocated"
-    big = config.max_total_bytes + PUSHPOP_MAX * PUSH_DETERMINISTIC_MAX
-    if any(isinstance(s, _PUSHPOP) for s in case.program[-1].steps) and any(
-            isinstance(s, CorkBytes) or (isinstance(s, ApplyBytes) and 0 < s.bytes & U32 < big) for s in steps):
-        return "push/pop in the repeating last step list with a cork or a small apply"
-    for e in sends:
-        if e.size > MORE_SEND_MAX and {"MSG_MORE", "SPLICE_F_MORE"} & set(getattr(e, "flags", ())):
-            return f"a {e.size}-byte send with MORE: more than {MORE_SEND_MAX} (forced_push)"
-    if _splice_unsafe(case.program) and any(isinstance(e, SendFile | Splice) for e in sends):
-        return "splice/sendfile with a program that pushes and sets apply_bytes (kernel bug K1: VM only)"
-    a = min((s.bytes & U32 for s in steps if isinstance(s, ApplyBytes) and s.bytes & U32), default=0)
-    if a and sent + _pushed_bytes(case.program) > APPLY_RUNS_MAX * a:
-        return f"apply_bytes {a} over {sent + _pushed_bytes(case.program)} bytes: more than {APPLY_RUNS_MAX} runs"
-    return None
 
 
 def generate(ch: Chooser, config: GenConfig = DEFAULT) -> Case:

@@ -31,19 +31,20 @@ import platform
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from diffuzz.contract.case import Case
-from diffuzz.contract.outcome import Data, Outcome
+from diffuzz.contract.outcome import Outcome
 from diffuzz.engine.compare import Difference, compare
 from diffuzz.engine.confirm import Independent, rerun
 from diffuzz.engine.corpus import Corpus, Finding, Recorded, format_diff, write_atomic
 from diffuzz.engine.features import features
-from diffuzz.engine.generate import DEFAULT, GenConfig, random_case, zone_violation
+from diffuzz.engine.fuzz_config import FuzzConfig, FuzzStats
+from diffuzz.engine.generate import random_case
 from diffuzz.engine.minimize import complexity, minimize
 from diffuzz.engine.signature import Kinds, Signature, case_features, diff_kinds
+from diffuzz.engine.zone import zone_violation
 
 Model = Callable[[Case], Outcome]
 Source = Callable[[int], Case]  # case index -> case
@@ -55,73 +56,6 @@ FLAKY_KEPT = 1000
 # Handled after a batch: (case, kernel outcome, index, model outcome or None for a failed
 # kernel run, differences).
 _Later = tuple[Case, Outcome, int, Outcome | None, list[Difference]]
-
-
-class FunctionPool:
-    """A kernel-pool look-alike over a plain function (for tests, and for fuzzing one model
-    against another).  Same interface as kernel_runner.pool.KernelPool: run, imap, close.
-
-    What it returns must look like a kernel outcome: the kernel reads concrete bytes, so the
-    model's wildcard ranges (unwritten pushed bytes) are filled with the model's placeholder
-    bytes; compare.py would otherwise report every wildcard on the kernel side."""
-
-    def __init__(self, fn: Model) -> None:
-        self.fn = fn
-
-    def run(self, case: Case) -> Outcome:
-        return _concrete(self.fn(case))
-
-    def imap(self, cases: Iterable[Case]) -> Iterator[Outcome]:
-        return map(self.run, cases)
-
-    def close(self) -> None:
-        pass
-
-
-@dataclass
-class FuzzConfig:
-    seed: int = 0
-    cases: int | None = None  # stop after this many cases
-    duration: float | None = None  # stop after this many seconds
-    batch: int = 1024  # cases per pool.imap; mismatches are handled at the end of each
-    minimize_seconds: float = 30.0
-    gen: GenConfig = DEFAULT
-
-
-@dataclass
-class FuzzStats:
-    started: float = field(default_factory=time.monotonic)
-    cases: int = 0
-    mismatches: int = 0  # raw differences seen
-    findings: int = 0  # confirmed (reproduced) differences
-    flaky: int = 0
-    model_errors: int = 0
-    kernel_errors: int = 0  # kernel-side runs that failed (kernel_runner.pool.is_error)
-    unique: set[str] = field(default_factory=set)  # buckets hit in this run
-    new_buckets: list[str] = field(default_factory=list)
-    last_new: float | None = None
-    minimize_seconds: float = 0.0
-    hangs: int = 0  # kernel cases past their deadline (this session)
-    retried: int = 0  # kernel runs that failed and were re-run
-    coverage: int = 0  # distinct features seen (over the whole campaign when there is one)
-    unsaved: int = 0  # findings that could not be written yet (disk full)
-    # Earlier sessions of the same campaign (zero without one): the status shows totals.
-    cases_before: int = 0
-    elapsed_before: float = 0.0
-    sessions: int = 1
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-    def total_cases(self) -> int:
-        return self.cases_before + self.cases
-
-    def total_elapsed(self) -> float:
-        return self.elapsed_before + self.elapsed()
-
-    def rate(self) -> float:
-        e = self.elapsed()
-        return self.cases / e if e > 0 else 0.0
 
 
 class Engine:
@@ -466,17 +400,6 @@ class Engine:
     def unsaved_cases(self) -> list[str]:
         """Case JSON of the findings still not on disk (the CLI prints them before exiting)."""
         return [f.case.to_json() for f, _ in self._unsaved]
-
-
-def _concrete(o: Outcome) -> Outcome:
-    def data(d: Data | None) -> Data | None:
-        return Data(d.raw) if d is not None and d.unknown else d
-
-    return replace(
-        o,
-        events=tuple(replace(e, data=data(e.data)) if e.data is not None and e.data.unknown else e for e in o.events),
-        endpoints={name: replace(ep, rx=data(ep.rx)) if ep.rx.unknown else ep for name, ep in o.endpoints.items()},
-    )
 
 
 def _is_error(outcome: Outcome) -> bool:

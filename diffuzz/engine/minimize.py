@@ -274,7 +274,7 @@ def minimize(case: Case, predicate: Predicate, *, max_seconds: float | None = No
     """The smallest case found for which predicate still holds (predicate(case) must).
 
     `admissible` (optional) rejects candidates without running them: the engine passes the
-    deterministic-zone check (diffuzz.engine.generate.zone_violation), so shrinking cannot walk a case
+    deterministic-zone check (diffuzz.engine.zone.zone_violation), so shrinking cannot walk a case
     into a kernel hang or a timing-dependent result."""
     m = Minimizer(case, predicate, max_seconds=max_seconds, admissible=admissible)
     return m.run(), m.stats

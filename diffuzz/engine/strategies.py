@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from diffuzz.contract.case import Case
 from diffuzz.engine.choice import HypothesisChooser
-from diffuzz.engine.generate import DEFAULT, STANDARD_MIX, GenConfig, generate
+from diffuzz.engine.generate import generate
+from diffuzz.engine.zone import DEFAULT, STANDARD_MIX, GenConfig
 
 
 @st.composite

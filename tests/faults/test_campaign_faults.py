@@ -12,7 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from diffuzz.engine.campaign import EVENTS, STATE, STATS, _state_from_bytes
+from diffuzz.engine.campaign_state import EVENTS, STATE, STATS, state_from_bytes
 
 ROOT = Path(__file__).parents[2]
 
@@ -42,7 +42,7 @@ def start(workdir: Path, limit: int) -> subprocess.Popen[str]:
 
 
 def check_files_whole(workdir: Path) -> dict:
-    _state_from_bytes((workdir / STATE).read_bytes())  # raises on a torn or damaged file
+    state_from_bytes((workdir / STATE).read_bytes())  # raises on a torn or damaged file
     for line in (workdir / EVENTS).read_text().splitlines():
         json.loads(line)
     return json.loads((workdir / STATS).read_text())

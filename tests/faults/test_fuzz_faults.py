@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from diffuzz.engine.campaign import EVENTS, STATE, STATS, _state_from_bytes
+from diffuzz.engine.campaign_state import EVENTS, STATE, STATS, state_from_bytes
 
 ROOT = Path(__file__).parents[2]
 kernel = pytest.mark.kernel
@@ -190,7 +190,8 @@ ENOSPC = textwrap.dedent("""
     import sim
     from diffuzz.engine.campaign import Campaign
     from diffuzz.engine.corpus import Corpus
-    from diffuzz.engine.loop import Engine, FunctionPool, FuzzConfig
+    from diffuzz.engine.function_pool import FunctionPool
+    from diffuzz.engine.loop import Engine, FuzzConfig
     work = Path(sys.argv[1])
     kernel = FunctionPool(lambda c: dataclasses.replace(sim.run(c), run_count=sim.run(c).run_count + 1))
     camp = Campaign.open(work, ["test"], "r", "random", flush_interval=0)
@@ -244,7 +245,7 @@ def test_sigterm_stops_cleanly_with_state_saved(tmp_path: Path) -> None:
     assert "diffuzz fuzz: summary" in out and "Traceback" not in out
     last = _events(tmp_path)[-1]
     assert last["kind"] == "stop" and last["reason"] == "interrupted"
-    state = _state_from_bytes((tmp_path / STATE).read_bytes())
+    state = state_from_bytes((tmp_path / STATE).read_bytes())
     assert state.execs == last["counters"]["execs"] == _stats(tmp_path)["execs_done"] > 0
     again = _fuzz(tmp_path, "--cases", "5")
     out2, _ = again.communicate(timeout=60)
@@ -265,12 +266,12 @@ def test_kill9_of_the_whole_job_then_restart(tmp_path: Path) -> None:
     proc.communicate()
     logged = {e["bucket"] for e in _events(tmp_path) if e["kind"] == "new_finding"}
     assert logged
-    saved = _state_from_bytes((tmp_path / STATE).read_bytes())  # whole, checksum good
+    saved = state_from_bytes((tmp_path / STATE).read_bytes())  # whole, checksum good
 
     again = _fuzz(tmp_path, "--cases", "10", planted=True)
     out, _ = again.communicate(timeout=120)
     assert again.returncode == 0, out
-    after = _state_from_bytes((tmp_path / STATE).read_bytes())
+    after = state_from_bytes((tmp_path / STATE).read_bytes())
     assert after.sessions == saved.sessions + 1
     assert after.execs >= saved.execs + 10 and after.seed_cursor > saved.seed_cursor
     profile = _stats(tmp_path)["kernel_profile"]  # probed at start, recorded in stats and the log
@@ -303,5 +304,5 @@ def test_atheris_engine_stops_on_sigterm_and_resumes(tmp_path: Path) -> None:
     again = _fuzz(tmp_path, "--engine", "atheris", "--cases", "5")
     out2, _ = again.communicate(timeout=60)
     assert again.returncode == 0, out2
-    after = _state_from_bytes((tmp_path / STATE).read_bytes())
+    after = state_from_bytes((tmp_path / STATE).read_bytes())
     assert after.sessions == 2 and after.execs >= stats["execs_done"] + 5

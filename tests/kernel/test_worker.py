@@ -186,7 +186,7 @@ def test_a_slow_consumer_is_not_a_hang() -> None:
 
 @kernel
 def test_raw_and_python_send_threads_agree() -> None:
-    # executor.py issues fresh-thread sends from a raw pthread (x86-64) or a Python thread;
+    # send_thread.py issues fresh-thread sends from a raw pthread (x86-64) or a Python thread;
     # the kernel must not be able to tell: same returns, SIGPIPE, windows, tasks, bytes.
     from diffuzz.contract.case import BPF_F_INGRESS, Redirect, SendFile, SendMsg, Shutdown, Splice
 

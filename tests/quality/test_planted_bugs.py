@@ -44,8 +44,9 @@ from diffuzz.contract.case import SEND_TYPES, Case, load_case
 from diffuzz.contract.outcome import Outcome
 from diffuzz.engine.compare import compare
 from diffuzz.engine.corpus import Corpus
+from diffuzz.engine.function_pool import FunctionPool
 from diffuzz.engine.generate import random_case
-from diffuzz.engine.loop import Engine, FunctionPool, FuzzConfig
+from diffuzz.engine.loop import Engine, FuzzConfig
 from diffuzz.engine.minimize import minimize
 from diffuzz.engine.signature import diff_kinds
 

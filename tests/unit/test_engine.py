@@ -24,8 +24,9 @@ from diffuzz.engine.campaign import EVENTS, Campaign
 from diffuzz.engine.confirm import Independent
 from diffuzz.engine.corpus import Corpus, Finding, Recorded
 from diffuzz.engine.features import features
+from diffuzz.engine.function_pool import FunctionPool
 from diffuzz.engine.generate import random_case
-from diffuzz.engine.loop import Engine, FunctionPool, FuzzConfig, FuzzStats
+from diffuzz.engine.loop import Engine, FuzzConfig, FuzzStats
 
 
 def _model() -> Any:

@@ -32,16 +32,9 @@ from diffuzz.contract.case import (
     loads_case,
 )
 from diffuzz.engine.choice import BytesChooser, RandomChooser, WeightTable
-from diffuzz.engine.generate import (
-    DEFAULT,
-    PUSHPOP_MAX,
-    SENDS_PER_SENDER_MAX,
-    generate,
-    random_case,
-    standard_mix,
-    zone_violation,
-)
+from diffuzz.engine.generate import generate, random_case, standard_mix
 from diffuzz.engine.strategies import cases
+from diffuzz.engine.zone import DEFAULT, PUSHPOP_MAX, SENDS_PER_SENDER_MAX, zone_violation
 
 N = 3000
 

@@ -15,8 +15,9 @@ from diffuzz.contract.case import (
     Send,
     SendMsg,
 )
-from diffuzz.engine.generate import GenConfig, random_case
+from diffuzz.engine.generate import random_case
 from diffuzz.engine.minimize import Minimizer, complexity, minimize
+from diffuzz.engine.zone import GenConfig
 
 BIG = GenConfig(pairs=(2, 3), sends=(20, 20), others=(4, 8), steps=(2, 4), invocations=(2, 4))
 
