@@ -13,49 +13,31 @@ no BPF at all, and the kernel side is only loaded when asked for.
 
 from __future__ import annotations
 
-import errno
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, is_dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
-from diffuzz.cli.options import profile_option
-from diffuzz.contract.case import Case, CaseError, load_case
-from diffuzz.contract.outcome import Outcome
+from diffuzz.cli.common import (
+    BACKENDS,
+    CaseFailed,
+    Unusable,
+    choose_profile,
+    load_or_fail,
+    model_runner,
+    one_line,
+    profile_option,
+    run_kernel,
+)
 
 SIDES = ("kernel", "model")
-BACKENDS = ("interp", "bcc")
-
-# Errors from the kernel side that mean "this machine or process cannot do it", not a bug.
-_UNUSABLE_ERRNOS = {errno.EPERM, errno.EACCES, errno.ENOSYS, errno.EOPNOTSUPP}
-
-
-class BadInput(click.ClickException):
-    """A case file or argument diffuzz cannot use; exit 2."""
-
-    exit_code = 2
-
-
-class Unusable(click.ClickException):
-    """The environment cannot run the requested side (not root, no BPF, missing piece); exit 2."""
-
-    exit_code = 2
-
-
-class CaseFailed(Unusable):
-    """The kernel side could not run one case (its worker raised or died: an error outcome,
-    kernel_runner.pool.is_error); that case observed nothing, so it is not compared.  Exit 2."""
 
 
 # click >= 8.2 raises this for a bare `diffuzz` (no_args_is_help); older clicks print the help and exit 0.
 _NoArgsIsHelp: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
-
-
-def _one_line(text: str) -> str:
-    return " ".join(line.strip() for line in text.strip().splitlines() if line.strip())
 
 
 class _Cli(click.Group):
@@ -78,7 +60,7 @@ class _Cli(click.Group):
             click.echo(e.ctx.get_help() if e.ctx else e.format_message())
             code = 0
         except click.ClickException as e:
-            click.echo(f"diffuzz: error: {_one_line(e.format_message())}", err=True)
+            click.echo(f"diffuzz: error: {one_line(e.format_message())}", err=True)
             code = e.exit_code
         except click.Abort:
             click.echo("diffuzz: aborted", err=True)
@@ -99,66 +81,6 @@ def main() -> None:
 
     Exit codes: 0 ok / all agree, 1 a case differs, 2 bad input or unusable machine.
     """
-
-
-# --------------------------------------------------------------------------------------
-# Running the two sides (imported lazily).
-
-
-def load_or_fail(path: str) -> Case:
-    try:
-        return load_case(path)
-    except CaseError as e:
-        raise BadInput(str(e)) from None
-
-
-def model_runner(choice: Any) -> Callable[[Case], Outcome]:
-    """sim.run under the chosen profile (diffuzz.engine.probes.ProfileChoice), imported lazily;
-    Unusable with the reason when the model cannot be loaded."""
-    try:
-        from diffuzz.engine.probes import model_for
-    except ImportError as e:
-        raise Unusable(f"the model is not available: {e}") from None
-    return model_for(choice)
-
-
-def choose_profile(forced: str | None, kernel: Callable[[Case], Outcome] | None) -> Any:
-    """The ProfileChoice: the kernel probed when one is given (diffuzz/engine/probes.py), --kernel-profile
-    honoured; an unknown profile name is bad input."""
-    from diffuzz.engine.probes import choose_profile as choose
-    from diffuzz.engine.probes import probe_and_choose
-    from sim.profile import UnknownProfile
-
-    try:
-        return probe_and_choose(kernel, forced) if kernel is not None else choose((), forced)
-    except UnknownProfile as e:
-        raise BadInput(str(e)) from None
-
-
-def run_kernel(case: Case, backend: str) -> Outcome:
-    """kernel_runner.local.run, with every 'this machine cannot' failure turned into Unusable."""
-    try:
-        from kernel_runner.backend import KernelUnsupported
-    except ImportError as e:
-        raise Unusable(f"the kernel side is not available: {e}") from None
-    try:
-        from kernel_runner import local
-    except ImportError as e:
-        raise Unusable(f"the kernel side is not available: {e}") from None
-    try:
-        outcome = local.run(case, backend=backend)
-    except KernelUnsupported as e:
-        raise Unusable(f"kernel side ({backend}): {e}") from None
-    except OSError as e:
-        if e.errno in _UNUSABLE_ERRNOS:
-            raise Unusable(f"kernel side ({backend}): {e}; run `diffuzz doctor` to see what is missing") from None
-        raise
-    if "error" in outcome.notes:
-        error = _one_line(str(outcome.notes["error"]))
-        raise CaseFailed(f"the kernel side ({backend}) could not run the case: {error}")
-    return outcome
-
-
 
 
 def _json_default(value: Any) -> Any:
@@ -294,7 +216,7 @@ def _model_profile(forced: str | None, backend: str) -> Any:
         return choose_profile(None, lambda c: run_kernel(c, backend))
     except Unusable as e:
         click.echo(f"diffuzz: note: model under the reference kernel profile; the kernel cannot be probed: "
-                   f"{_one_line(e.format_message())}", err=True)
+                   f"{one_line(e.format_message())}", err=True)
         return choose_profile(None, None)
 
 
@@ -350,11 +272,6 @@ def _unavailable(name: str, reason: str) -> click.Command:
 
 
 _add_optional_commands(main, "diffuzz.cli.fuzz", ("fuzz", "minimize"))
-
-
-def fail(message: str) -> NoReturn:
-    """For commands defined elsewhere (cli_fuzz): stop with one line on stderr and exit 2."""
-    raise BadInput(message)
 
 
 if __name__ == "__main__":  # python -m diffuzz.cli.commands, where the console script is not installed

@@ -24,7 +24,7 @@ from typing import Any
 
 import click
 
-from diffuzz.cli.options import profile_option
+from diffuzz.cli.common import profile_option
 from diffuzz.contract.case import Case
 from diffuzz.contract.outcome import Outcome
 
@@ -35,7 +35,7 @@ ENGINES = ("random", "atheris")
 def _profiled_model(forced: str | None, pool: Any) -> tuple[Any, Callable[[Case], Outcome]]:
     """Probe the kernel through the pool (diffuzz/engine/probes.py) and bind the model to the chosen
     profile: (ProfileChoice, model)."""
-    from diffuzz.cli.commands import choose_profile, model_runner
+    from diffuzz.cli.common import choose_profile, model_runner
 
     choice = choose_profile(forced, pool.run)
     return choice, model_runner(choice)
@@ -44,13 +44,13 @@ def _profiled_model(forced: str | None, pool: Any) -> tuple[Any, Callable[[Case]
 def _check_profile_name(forced: str | None) -> None:
     """An unknown --kernel-profile is bad input before any worker starts."""
     if forced is not None:
-        from diffuzz.cli.commands import choose_profile
+        from diffuzz.cli.common import choose_profile
 
         choose_profile(forced, None)
 
 
 def _pool(jobs: int, backend: str, deadline: float) -> Any:
-    from diffuzz.cli.commands import Unusable
+    from diffuzz.cli.common import Unusable
 
     try:
         from kernel_runner.backend import KernelUnsupported
@@ -125,7 +125,7 @@ def fuzz(duration: float | None, n_cases: int | None, seed: int | None, jobs: in
     stats.json, events.jsonl and every finding."""
     import sys
 
-    from diffuzz.cli.commands import Unusable
+    from diffuzz.cli.common import Unusable
     from diffuzz.cli.status import Status
     from diffuzz.engine.campaign import Campaign, CampaignError
     from diffuzz.engine.confirm import Independent
@@ -204,7 +204,7 @@ def minimize(case_path: str, output: str, backend: str, deadline: float, max_sec
              kernel_profile: str | None) -> int:
     """Shrink a CASE whose kernel and model outcomes differ, keeping the same differing
     fields, and write the smallest case found to OUT."""
-    from diffuzz.cli.commands import BadInput, load_or_fail
+    from diffuzz.cli.common import BadInput, load_or_fail
     from diffuzz.engine.compare import compare
     from diffuzz.engine.corpus import format_diff, write_atomic
     from diffuzz.engine.minimize import complexity

@@ -211,7 +211,7 @@ def _load_model(pool: Any) -> Callable[[Case], Outcome]:
     (through `pool`; the reference profile when fuzzing the model alone)."""
     import click
 
-    from diffuzz.cli.commands import choose_profile, model_runner
+    from diffuzz.cli.common import choose_profile, model_runner
 
     try:
         choice = choose_profile(os.environ.get("DIFFUZZ_KERNEL_PROFILE") or None,
