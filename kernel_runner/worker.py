@@ -34,6 +34,7 @@ from diffuzz.contract.case import CaseError, loads_case
 from diffuzz.contract.outcome import Outcome
 from kernel_runner.backend import Backend, KernelUnsupported
 from kernel_runner.executor import Executor
+from kernel_runner.kmsg import KmsgWatch
 from kernel_runner.netns import enter_new_netns
 from kernel_runner.pidns import probe_pid_namespace
 from kernel_runner.send_thread import block_sigpipe
@@ -71,15 +72,20 @@ def error_outcome(message: str, notes: Mapping[str, Any]) -> Outcome:
 
 
 def serve(executor: Executor, inp: IO[bytes], out: IO[bytes]) -> None:
-    """The case loop: one line in, one line out, until EOF."""
+    """The case loop: one line in, one line out, until EOF.  Kernel log lines printed while a
+    case ran go into its notes as `kernel_log` (kernel_runner/kmsg.py)."""
     base_notes = {"kernel": os.uname().release, "backend": executor.backend.name}
+    kmsg = KmsgWatch()
     for line in inp:
         if not line.strip():
             continue
         start = time.perf_counter_ns()
         try:
             outcome = executor.run(loads_case(line.decode("utf-8", "replace")))
-            notes = {**base_notes, "elapsed_us": (time.perf_counter_ns() - start) // 1000}
+            notes: dict[str, Any] = {**base_notes, "elapsed_us": (time.perf_counter_ns() - start) // 1000}
+            log = kmsg.read()
+            if log:
+                notes["kernel_log"] = log
             outcome = Outcome(
                 side=outcome.side, inserts=outcome.inserts, events=outcome.events, runs=outcome.runs,
                 run_count=outcome.run_count, endpoints=outcome.endpoints, hang=outcome.hang, notes=notes,
@@ -91,6 +97,7 @@ def serve(executor: Executor, inp: IO[bytes], out: IO[bytes]) -> None:
             outcome = error_outcome(f"{type(e).__name__}: {e}", base_notes)
         out.write(outcome.to_json(indent=None).encode() + b"\n")
         out.flush()
+    kmsg.close()
 
 
 def main(argv: list[str] | None = None) -> int:

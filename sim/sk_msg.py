@@ -125,7 +125,7 @@ class SkMsg:
 
     Metadata is not reset between program runs on the same struct (spec §1.5)."""
 
-    __slots__ = ("apply_bytes", "cork_bytes", "elems", "flags", "size", "sk_redir")
+    __slots__ = ("apply_bytes", "cork_bytes", "elems", "flags", "grown", "size", "sk_redir")
 
     def __init__(self) -> None:
         self.elems: list[Elem] = []
@@ -134,6 +134,9 @@ class SkMsg:
         self.cork_bytes = 0  # u32
         self.flags = 0  # u64: flags of the last successful redirect helper
         self.sk_redir: object | None = None  # the target socket of that redirect
+        # Not a kernel field: bytes the program runs on this struct added (push) or removed (pop)
+        # since it was last freed, so the DROP branch can tell when its arithmetic is K3's.
+        self.grown = 0
 
     def full(self) -> bool:
         """sk_msg_full: every one of the MAX_MSG_FRAGS usable slots is taken."""
@@ -151,6 +154,7 @@ class SkMsg:
         self.cork_bytes = 0
         self.flags = 0
         self.sk_redir = None
+        self.grown = 0
         return freed
 
     def consume_front(self, n: int) -> list[Elem]:

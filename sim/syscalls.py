@@ -57,11 +57,25 @@ from sim.tcp_bpf import tcp_bpf_ioctl_inq, tcp_bpf_recvmsg, tcp_bpf_sendmsg
 from sim.world import World
 
 RECV_DRAIN = 65536
+EFAULT = 14
 _EBADF = EventResult(ret="EBADF")  # an event on an endpoint the case closed: no syscall
 
 
 def _ret(r: int) -> Ret:
     return r if r >= 0 else errno_ret(-r)
+
+
+def _note_k2(w: World, r: int) -> None:
+    """An EFAULT from tcp_bpf_recvmsg is kernel bug K2 (sk_msg_recvmsg, sim/tcp_bpf.py)."""
+    if r == -EFAULT:
+        w.kernel_bugs.add("K2")
+
+
+def _notes(w: World, **more: object) -> dict[str, object]:
+    notes: dict[str, object] = {"profile": w.profile.name, **more}
+    if w.kernel_bugs:
+        notes["kernel_bugs"] = sorted(w.kernel_bugs)
+    return notes
 
 
 def sock_sendmsg(w: World, sk: Sock, data: bytes, flags: int) -> int:
@@ -129,6 +143,7 @@ def event(w: World, i: int, ev: object) -> EventResult:
     if t is Recv:
         w.push_pending_frames()
         r, data, unk = tcp_bpf_recvmsg(sk, ev.len, ev.peek)  # type: ignore[attr-defined]
+        _note_k2(w, r)
         if r < 0:
             return EventResult(ret=errno_ret(-r))
         return EventResult(ret=r, data=Data(data, tuple(unk)))
@@ -168,6 +183,7 @@ def drain(w: World) -> dict[str, Endpoint]:
         pos = 0
         while True:
             r, data, u = tcp_bpf_recvmsg(sk, RECV_DRAIN, False)
+            _note_k2(w, r)
             if r <= 0:
                 end = "EOF" if r == 0 else errno_ret(-r)
                 break
@@ -197,7 +213,7 @@ def run_world(w: World) -> Outcome:
         events = tuple(settled_event(w, i, ev) for i, ev in enumerate(case.events))
     except ModelHang as e:
         return Outcome(side="model", inserts=inserts, runs=tuple(w.runs), run_count=w.run_count, hang=True,
-                       notes={"hang": str(e), "profile": w.profile.name})
+                       notes=_notes(w, hang=str(e)))
     endpoints = drain(w)
     return Outcome(side="model", inserts=inserts, events=events, runs=tuple(w.runs), run_count=w.run_count,
-                   endpoints=endpoints, notes={"profile": w.profile.name})
+                   endpoints=endpoints, notes=_notes(w))

@@ -173,6 +173,7 @@ def tcp_bpf_send_verdict(w: World, sk: Sock, psock: Psock, msg: SkMsg, copied: i
                 idx = w.run_count
                 psock.eval = sk_psock_msg_verdict(w, sk, psock, msg)
                 delta = (before - msg.size) & U32  # u32: wraps "negative" after a push (§4.3)
+                msg.grown += msg.size - before
                 ff = w.ff_ok and idx >= w.ff_from and psock.eval != SK_DROP_EVAL
                 ff_eval = psock.eval
                 ff_target = psock.sk_redir
@@ -225,6 +226,11 @@ def tcp_bpf_send_verdict(w: World, sk: Sock, psock: Psock, msg: SkMsg, copied: i
                 ret = 0
         else:
             # DROP: every byte goes, eval stays DROP (sticky, §4.5); the delta rule of §4.3.
+            if msg.grown != -s32(delta):
+                # Kernel bug K3, copied on purpose: delta is only the last run's size change, so
+                # bytes an earlier run pushed (or popped) are taken for the caller's: send() then
+                # reports fewer bytes than it delivered, or fails after delivering some.
+                w.kernel_bugs.add("K3")
             acct[4] += msg.sk_msg_free()
             sk_msg_apply_bytes(psock, tosend)
             copied = s32(copied - ((tosend + delta) & U32))
@@ -272,6 +278,10 @@ def tcp_bpf_sendmsg(w: World, sk: Sock, data: bytes, flags: int) -> int:
         err = 0
     if err < 0:
         err = sk_stream_error(w.sig, sk, flags, err)
+    if copied > size:
+        # Kernel bug K1, copied on purpose: the DROP branch's copied -= tosend + delta, with delta
+        # "negative" after a push, hands back more than the caller passed (§4.3).
+        w.kernel_bugs.add("K1")
     return copied if copied > 0 else err  # "copied > 0": the fixed return of tcp_bpf_sendmsg (§3.2)
 
 
@@ -288,6 +298,8 @@ def sk_msg_recvmsg(psock: Psock, n: int, peek: bool) -> tuple[int, bytes, list[t
         m = q[idx]
         ln = len(m.data)
         if ln == 0:
+            # Kernel bug K2, copied on purpose: the empty message is never dequeued, so this and
+            # every later recv fails with EFAULT and hides what is queued behind it.
             return (copied, b"".join(out), unk) if copied else (-EFAULT, b"", [])
         take = min(ln, n - copied)
         add_ranges(unk, clip_ranges(m.unk, 0, take), copied)

@@ -33,6 +33,7 @@ class World:
         "ff_ok",
         "fionread",
         "frag",
+        "kernel_bugs",
         "last_prog",
         "map",
         "pinned",
@@ -79,6 +80,10 @@ class World:
         # Tests set this to a list to collect (msg.size, sum of element lengths, element
         # count) after every helper step.
         self.audit: list[tuple[int, int, int]] | None = None
+        # The documented kernel bugs (K1, K2: docs/kernel-notes.md) this case made the model copy,
+        # named where the model reproduces them; the outcome's notes list them, so the invariants
+        # (diffuzz/engine/invariants.py KNOWN_BUGS) know the breach is the kernel's, on purpose.
+        self.kernel_bugs: set[str] = set()
 
     def payload(self, i: int, size: int) -> bytes:
         """Case.payload_for(i), with the alphabet's running offset kept here instead of

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, is_dataclass, replace
 from typing import Any
 
 import click
@@ -146,8 +146,10 @@ def reproduce(cases: tuple[str, ...], as_json: bool, verbose: bool, backend: str
     """Run each CASE on the kernel and on the model and show where they differ.
 
     The case is printed as a step list, then both outcomes side by side with the differing
-    rows marked.  The model runs under the kernel profile the probes choose (or --kernel-profile),
-    named on the first line (and in every --json record).  Exit 0 when every case agrees, 1 when
+    rows marked, then the kernel's promises each side breaks (diffuzz/engine/invariants.py):
+    a broken one makes the case differ (exit 1) even where kernel and model agree.  The model
+    runs under the kernel profile the probes choose (or --kernel-profile), named on the first
+    line (and in every --json record).  Exit 0 when every case agrees, 1 when
     any differs, 2 for bad input, a machine that cannot run the kernel side, or a case the kernel
     side could not run.
 
@@ -156,7 +158,8 @@ def reproduce(cases: tuple[str, ...], as_json: bool, verbose: bool, backend: str
       diffuzz reproduce corpus/findings/3f2a9c.json
       diffuzz reproduce corpus/seeds/*.json
     """
-    from diffuzz.engine.compare import compare
+    from diffuzz.engine.expect import model_out_of_scope
+    from diffuzz.engine.oracle import judge
 
     # Read every file first: a typo in the tenth file should not cost nine kernel runs.
     loaded = [(path, load_or_fail(path)) for path in cases]
@@ -184,22 +187,35 @@ def reproduce(cases: tuple[str, ...], as_json: bool, verbose: bool, backend: str
                 click.echo(f"diffuzz: error: {path}: {e.message}", err=True)
             continue
         model = run_model(case)
-        diffs = compare(kernel, model)
-        differing += bool(diffs)
+        v = judge(case, kernel, model)
+        known = list(model.notes.get("kernel_bugs", ()))
+        # A case that says the model does not predict it (meta.model_scope "kernel-only: ...", e.g.
+        # TCP back-pressure) is judged on the kernel's promises alone.
+        scope = model_out_of_scope(case)
+        if scope and not v.kernel_broken:
+            v = replace(v, differences=(), kinds=frozenset())
+        differing += bool(v.kinds)
         if as_json:
             record = {
                 "case": path,
                 "kernel_profile": choice.profile.name,
-                "agree": not diffs,
-                "differences": [{"path": d.path, "kernel": d.kernel, "model": d.model} for d in diffs],
+                "agree": not v.kinds,
+                "model_scope": scope,
+                "differences": [{"path": d.path, "kernel": d.kernel, "model": d.model} for d in v.differences
+                                if not d.path.startswith("invariant.")],
+                "broken": {"kernel": [asdict(b) for b in v.kernel_broken],
+                           "model": [asdict(b) for b in v.model_broken], "model_copies": known},
                 "kernel": kernel.to_dict(),
                 "model": model.to_dict(),
             }
             click.echo(json.dumps(record, default=_json_default))
-        elif diffs or show_all:
-            view.print_reproduce(con, path, case, kernel, model, diffs)
+            continue
+        if v.kinds or v.model_broken or show_all:
+            view.print_reproduce(con, path, case, kernel, model, list(v.differences))
         else:
-            view.print_agree_line(con, path, case, kernel)
+            view.print_agree_line(con, path, case, kernel, scope)
+        if v.kernel_broken or v.model_broken:
+            view.print_broken(con, path, v.kernel_broken, v.model_broken, known)
     if not as_json and len(loaded) > 1:
         view.print_summary(con, len(loaded), differing, failed)
     if failed:

@@ -202,14 +202,14 @@ def _finish(engine: Any, campaign: Any, status: Any, stats: Any, corpus: Any, re
 @profile_option
 def minimize(case_path: str, output: str, backend: str, deadline: float, max_seconds: float,
              kernel_profile: str | None) -> int:
-    """Shrink a CASE whose kernel and model outcomes differ, keeping the same differing
-    fields, and write the smallest case found to OUT."""
+    """Shrink a CASE whose kernel breaks a promise (diffuzz/engine/invariants.py) or differs from
+    the model, keeping the same broken promises or differing fields, and write the smallest case
+    found to OUT."""
     from diffuzz.cli.common import BadInput, load_or_fail
-    from diffuzz.engine.compare import compare
     from diffuzz.engine.corpus import format_diff, write_atomic
     from diffuzz.engine.minimize import complexity
     from diffuzz.engine.minimize import minimize as run_minimizer
-    from diffuzz.engine.signature import diff_kinds
+    from diffuzz.engine.oracle import judge
     from diffuzz.engine.zone import zone_violation
 
     case = load_or_fail(case_path)
@@ -221,13 +221,14 @@ def minimize(case_path: str, output: str, backend: str, deadline: float, max_sec
         k = pool.run(case)
         if "error" in k.notes:
             raise BadInput(f"{case_path}: the kernel side could not run it: {k.notes['error']}")
-        kinds = diff_kinds(compare(k, model(case)))
+        kinds = judge(case, k, model(case)).kinds
         if not kinds:
-            raise BadInput(f"{case_path}: kernel and model agree on this case; there is nothing to minimize")
+            raise BadInput(f"{case_path}: kernel and model agree on this case and the kernel keeps its promises; "
+                           "there is nothing to minimize")
 
         def same(c: Case) -> bool:
             kc = pool.run(c)
-            return "error" not in kc.notes and diff_kinds(compare(kc, model(c))) == kinds
+            return "error" not in kc.notes and judge(c, kc, model(c)).kinds == kinds
 
         # A case inside the deterministic zone stays inside it while shrinking (no walk into a
         # kernel hang); a case outside it is shrunk without that limit.
@@ -249,5 +250,5 @@ def minimize(case_path: str, output: str, backend: str, deadline: float, max_sec
     click.echo(f"  events {before[0]} -> {after[0]}, steps {before[1]} -> {after[1]}, step lists {before[2]} -> "
                f"{after[2]}, inserts {before[3]} -> {after[3]}, pairs {before[4]} -> {after[4]}")
     click.echo(f"  differing fields: {', '.join(sorted(kinds))}")
-    click.echo(format_diff(small, compare(k2, model(small))), nl=False)
+    click.echo(format_diff(small, judge(small, k2, model(small)).differences), nl=False)
     return 0

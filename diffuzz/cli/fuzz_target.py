@@ -133,9 +133,8 @@ class Target:
             self._check_kernel(case, model)
 
     def _check_kernel(self, case: Case, model: Outcome) -> None:
-        from diffuzz.engine.compare import compare
         from diffuzz.engine.confirm import rerun
-        from diffuzz.engine.signature import diff_kinds
+        from diffuzz.engine.oracle import judge
         from kernel_runner.pool import is_error
 
         kernel = self._pool.run(case)
@@ -144,10 +143,10 @@ class Target:
             if self._errors <= 3:
                 print(f"diffuzz: kernel run failed, input skipped: {kernel.notes.get('error')}", file=sys.stderr)
             return
-        diffs = compare(kernel, model)
-        if not diffs:
+        verdict = judge(case, kernel, model)
+        if not verdict.kinds:
             return
-        kinds = diff_kinds(diffs)
+        kinds = verdict.kinds
         again = rerun(case, kinds, self._pool, self._model)
         if not again.reproduced:
             if kinds not in self._flaky:

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -257,6 +258,9 @@ def print_reproduce(con: Console, path: str, case: Case, kernel: Outcome, model:
     if not diffs:
         con.print(Text(f"AGREE: {path}", style="bold green"))
         return
+    diffs = [d for d in diffs if not d.path.startswith("invariant.")]  # print_broken shows those
+    if not diffs:
+        return
     con.print(Text(f"DIFFER: {path}: {len(diffs)} difference{'s' if len(diffs) > 1 else ''}", style="bold red"))
     for line in difference_lines(diffs, kernel, model):
         con.print(Text(f"  {line}"))
@@ -320,10 +324,27 @@ def _print_notes(con: Console, outcomes: Sequence[Outcome]) -> None:
             con.print(Text(f"  {o.side} notes (not compared): {notes}", style="dim"))
 
 
-def print_agree_line(con: Console, path: str, case: Case, kernel: Outcome) -> None:
+def print_broken(con: Console, path: str, kernel: Sequence[Any], model: Sequence[Any],
+                 known: Sequence[str]) -> None:
+    """The promises each side breaks (diffuzz/engine/invariants.py), by name, with what shows it.
+    A kernel breach is a finding even where the model agrees; a model breach names the kernel bug
+    it copies (known), or is a model bug."""
+    for b in kernel:
+        con.print(Text(f"BROKEN (kernel): {path}: {b.invariant}: {b.detail}", style="bold red"))
+    for b in model:
+        con.print(Text(f"BROKEN (model, a model bug): {path}: {b.invariant}: {b.detail}", style="bold magenta"))
+    if known:
+        con.print(Text(f"  the model copies documented kernel bug{'s' * (len(known) > 1)} {', '.join(known)} "
+                       f"(docs/kernel-notes.md)", style="yellow"))
+
+
+def print_agree_line(con: Console, path: str, case: Case, kernel: Outcome, scope: str | None = None) -> None:
     events, runs = len(case.events), kernel.run_count
-    con.print(Text(f"AGREE: {path} ({events} event{'s' * (events != 1)}, {runs} run{'s' * (runs != 1)})",
-                   style="green"))
+    size = f"{events} event{'s' * (events != 1)}, {runs} run{'s' * (runs != 1)}"
+    if scope:  # meta.model_scope: only the kernel's promises were checked
+        con.print(Text(f"KERNEL ONLY: {path} ({size}; the model does not predict it: {scope})", style="yellow"))
+        return
+    con.print(Text(f"AGREE: {path} ({size})", style="green"))
 
 
 def print_summary(con: Console, total: int, differing: int, failed: int = 0) -> None:

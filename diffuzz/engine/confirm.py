@@ -17,8 +17,9 @@ from typing import Any, Protocol
 
 from diffuzz.contract.case import Case
 from diffuzz.contract.outcome import Outcome
-from diffuzz.engine.compare import Difference, compare
-from diffuzz.engine.signature import Kinds, diff_kinds
+from diffuzz.engine.compare import Difference
+from diffuzz.engine.oracle import judge
+from diffuzz.engine.signature import Kinds
 
 
 class Runner(Protocol):
@@ -34,11 +35,13 @@ class Rerun:
 
 
 def rerun(case: Case, kinds: Kinds, kernel: Runner, model: Callable[[Case], Outcome]) -> Rerun:
+    """The case again: reproduced when the verdict (diffuzz/engine/oracle.py: the broken
+    invariants, else the differing fields) has the same kinds."""
     k = kernel.run(case)
     m = model(case)
-    diffs = tuple(compare(k, m))
+    v = judge(case, k, m)
     # A kernel run that failed (notes["error"], kernel_runner.pool.is_error) observed nothing.
-    return Rerun("error" not in k.notes and diff_kinds(diffs) == kinds, k, m, diffs)
+    return Rerun("error" not in k.notes and v.kinds == kinds, k, m, v.differences)
 
 
 class Independent:
@@ -67,7 +70,7 @@ class Independent:
             self.unavailable = f"{type(e).__name__}: {e}".strip()
             self.close()
             return f"unavailable: {self.unavailable}"
-        got = diff_kinds(compare(k, model_outcome))
+        got = judge(case, k, model_outcome).kinds
         if got == kinds:
             return "bcc backend shows the same difference (confirmed)"
         if not got:

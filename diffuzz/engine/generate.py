@@ -140,7 +140,8 @@ class _Builder:
         if cfg.deterministic:
             events, program = zone_runs(self.ch, events, program)
             events = zone_splice(events, program)
-        pattern = "random" if ch.draw_bool(0.3) else "alphabet"
+        # The traceable payload by default: the byte_provenance invariant needs it (engine/provenance.py).
+        pattern = "alphabet" if ch.draw_bool(0.2) else "random"
         sockopts: tuple[SockOpt, ...] = ()
         if not cfg.deterministic and ch.draw_bool(0.2):
             sockopts = (SockOpt(ch.choose(eps), sndbuf=ch.draw_int(1, 1 << 20), rcvbuf=ch.draw_int(1, 1 << 20)),)

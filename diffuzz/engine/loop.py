@@ -36,14 +36,16 @@ from typing import Any
 
 from diffuzz.contract.case import Case
 from diffuzz.contract.outcome import Outcome
-from diffuzz.engine.compare import Difference, compare
+from diffuzz.engine.compare import Difference
 from diffuzz.engine.confirm import Independent, rerun
-from diffuzz.engine.corpus import Corpus, Finding, Recorded, format_diff, write_atomic
+from diffuzz.engine.corpus import Corpus, Finding, format_diff, write_atomic
 from diffuzz.engine.features import features
 from diffuzz.engine.fuzz_config import FuzzConfig, FuzzStats
 from diffuzz.engine.generate import random_case
 from diffuzz.engine.minimize import complexity, minimize
-from diffuzz.engine.signature import Kinds, Signature, case_features, diff_kinds
+from diffuzz.engine.oracle import Verdict, judge
+from diffuzz.engine.saving import FindingStore
+from diffuzz.engine.signature import Kinds, Signature, case_features
 from diffuzz.engine.zone import zone_violation
 
 Model = Callable[[Case], Outcome]
@@ -54,11 +56,11 @@ TICK = 8  # cases between ticks: status line, campaign flush (itself rate-limite
 # so a day-long campaign stays well under it unless something real keeps coming and going.
 FLAKY_KEPT = 1000
 # Handled after a batch: (case, kernel outcome, index, model outcome or None for a failed
-# kernel run, differences).
-_Later = tuple[Case, Outcome, int, Outcome | None, list[Difference]]
+# kernel run, the verdict).
+_Later = tuple[Case, Outcome, int, Outcome | None, Verdict | None]
 
 
-class Engine:
+class Engine(FindingStore):
     def __init__(self, config: FuzzConfig, kernel: Any, model: Model, corpus: Corpus,
                  independent: Independent | None = None,
                  on_event: Callable[[str, FuzzStats], None] | None = None, campaign: Any = None,
@@ -142,7 +144,7 @@ class Engine:
             for k in outcomes:
                 i, case = pending.popleft()
                 if _is_error(k):
-                    later.append((case, k, i, None, []))  # counted when it is re-run
+                    later.append((case, k, i, None, None))  # counted when it is re-run
                 else:
                     self._one(case, k, i, later)
                 if self._time_up():
@@ -153,13 +155,14 @@ class Engine:
             close = getattr(outcomes, "close", None)
             if close is not None:
                 close()  # a stopped batch: the pool finishes what is in flight and forgets it
-        for case, k, i, m, diffs in later:
+        for case, k, i, m, verdict in later:
             if m is None:
                 retried = self._retry_lost(case, k, i)
                 if retried is not None:
                     self._one(case, retried, i, None)
             else:
-                self._mismatch(case, k, m, diffs, i)
+                assert verdict is not None
+                self._mismatch(case, k, m, verdict, i)
 
     def _one(self, case: Case, k: Outcome, index: int, later: list[_Later] | None) -> Outcome | None:
         """One kernel outcome against the model; returns the model outcome.  Mismatches go to
@@ -171,12 +174,14 @@ class Engine:
         if k.hang and not m.hang:
             self._hang(case, k, index)
             return m
-        diffs = compare(k, m)
-        if diffs:
+        v = judge(case, k, m)
+        if v.model_broken:
+            self._model_broken(case, index, v)
+        if v.kinds:
             if later is not None:
-                later.append((case, k, index, m, diffs))
+                later.append((case, k, index, m, v))
             else:
-                self._mismatch(case, k, m, diffs, index)
+                self._mismatch(case, k, m, v, index)
         return m
 
     def _retry_lost(self, case: Case, failed: Outcome, i: int) -> Outcome | None:
@@ -242,6 +247,15 @@ class Engine:
             write_atomic(d / f"seed{self.cfg.seed}-case{index}.txt", f"{type(e).__name__}: {e}\n")
             return None
 
+    def _model_broken(self, case: Case, index: int, verdict: Verdict) -> None:
+        """The model broke a promise no known kernel bug explains (invariants.KNOWN_BUGS): a model
+        bug, kept under model-errors/ like a model crash."""
+        self.stats.model_errors += 1
+        text = "".join(f"{b.invariant}: {b.detail}\n" for b in verdict.model_broken)
+        path = self._keep("model-errors", case, index, f"the model breaks a promise (a model bug):\n{text}")
+        self._event("model_broken", case_index=index, invariants=sorted({b.invariant for b in verdict.model_broken}),
+                    saved=path)
+
     def _kernel_error(self, case: Case, k: Outcome, index: int) -> None:
         # The kernel side observed nothing, twice (worker error or death): not a kernel
         # behaviour, but worth a look, so the case is kept.
@@ -289,10 +303,16 @@ class Engine:
 
     # ---- a mismatch -------------------------------------------------------------------------
 
-    def _mismatch(self, case: Case, k: Outcome, m: Outcome, diffs: list[Difference], index: int) -> None:
+    def _mismatch(self, case: Case, k: Outcome, m: Outcome, verdict: Verdict, index: int) -> None:
+        """A difference, or a broken promise of the kernel (verdict.kinds): confirm it, minimize
+        it keeping the same kinds, bucket and save it."""
         st = self.stats
         st.mismatches += 1
-        kinds = diff_kinds(diffs)
+        if verdict.known:
+            self._known_bug(case, k, m, verdict, index)
+            return
+        kinds = verdict.kinds
+        diffs = list(verdict.differences)
         again = rerun(case, kinds, self.kernel, self.model)
         if not again.reproduced:
             st.flaky += 1
@@ -340,66 +360,29 @@ class Engine:
         st.unique.add(bucket)
         self.on_event("finding", st)
 
+    def _known_bug(self, case: Case, k: Outcome, m: Outcome, verdict: Verdict, index: int) -> None:
+        """A documented kernel bug met again (the model copies it and names it): one bucket per bug,
+        counted, its first case kept as found; no re-run or minimizing (corpus/kernel-bugs/ has the
+        minimized case)."""
+        st = self.stats
+        st.findings += 1
+        release = str(k.notes.get("kernel") or platform.release())
+        sig = Signature(tuple(f"known.{b}" for b in verdict.known), (), (), release)
+        bucket = self._store(Finding(case, k, m, verdict.differences, sig,
+                                     {"seed": self.cfg.seed, "case index": index,
+                                      "known kernel bug": ", ".join(verdict.known)}), None)
+        st.unique.add(bucket)
+        self.on_event("finding", st)
+
     def _in_zone(self, case: Case) -> bool:
         return zone_violation(case, self.cfg.gen) is None
 
     def _same(self, kinds: Kinds) -> Callable[[Case], bool]:
         def predicate(c: Case) -> bool:
             k = self.kernel.run(c)
-            return not _is_error(k) and diff_kinds(compare(k, self.model(c))) == kinds
+            return not _is_error(k) and judge(c, k, self.model(c)).kinds == kinds
 
         return predicate
-
-    def _record(self, case: Case, k: Outcome, m: Outcome, diffs: tuple[Difference, ...], kinds: Kinds,
-                notes: dict[str, Any], bucket_hint: str | None = None) -> str:
-        release = str(k.notes.get("kernel") or platform.release())
-        sig = Signature.of(kinds, case, release)
-        finding = Finding(case, k, m, diffs, sig, notes)
-        try:
-            rec = self._save(finding, bucket_hint)
-        except OSError as e:
-            # Disk full (or gone): keep the finding and retry at every tick; never lose it silently.
-            self._unsaved.append((finding, bucket_hint))
-            self.stats.unsaved = len(self._unsaved)
-            name = bucket_hint or sig.bucket()
-            print(f"diffuzz: cannot save finding {name} in {self.corpus.findings}: {e.strerror or e}; "
-                  f"kept in memory ({len(self._unsaved)} unsaved), retrying", file=sys.stderr, flush=True)
-            self._event("problem", about="finding", bucket=name, message=str(e.strerror or e))
-            return name
-        self._saved(rec)
-        return rec.bucket.name
-
-    def _save(self, finding: Finding, bucket_hint: str | None) -> Recorded:
-        if bucket_hint is not None and finding.signature.bucket() != bucket_hint:
-            # The unminimized case names another bucket; count it on the one it minimized to.
-            hinted = self.corpus.findings / bucket_hint
-            if (hinted / "bucket.json").exists():
-                return self.corpus.hit(hinted, finding)
-        return self.corpus.record(finding)
-
-    def _saved(self, rec: Recorded) -> None:
-        if rec.new:
-            self.stats.new_buckets.append(rec.bucket.name)
-            self.stats.last_new = time.monotonic()
-        if self.campaign is not None:
-            self.campaign.record_finding(rec.bucket.name, new=rec.new)
-
-    def _save_unsaved(self) -> None:
-        """Retry the findings a full disk refused, oldest first; stop at the first failure."""
-        while self._unsaved:
-            finding, hint = self._unsaved[0]
-            try:
-                rec = self._save(finding, hint)
-            except OSError:
-                return
-            self._unsaved.pop(0)
-            self.stats.unsaved = len(self._unsaved)
-            print(f"diffuzz: finding saved after all: {rec.bucket}", file=sys.stderr, flush=True)
-            self._saved(rec)
-
-    def unsaved_cases(self) -> list[str]:
-        """Case JSON of the findings still not on disk (the CLI prints them before exiting)."""
-        return [f.case.to_json() for f, _ in self._unsaved]
 
 
 def _is_error(outcome: Outcome) -> bool:

@@ -27,9 +27,10 @@ from dataclasses import replace
 import pytest
 
 from diffuzz.contract.case import STEP_TYPES, Case
-from diffuzz.contract.outcome import Data, Outcome
+from diffuzz.contract.outcome import Outcome
 from diffuzz.engine.compare import compare
 from diffuzz.engine.generate import random_case
+from diffuzz.engine.oracle import with_model_unknowns
 from diffuzz.engine.probes import ProfileChoice
 from kernel_runner.c_codegen import bcc_source
 from kernel_runner.pool import KernelPool, is_error
@@ -52,25 +53,6 @@ def _cases() -> list[Case]:
                 out.append(replace(donor, family=family, events=events,
                                    name=f"agree seed {SEED} case {i} {family} {len(events)} events"))
     return out
-
-
-def with_model_unknowns(out: Outcome, model: Outcome) -> Outcome:
-    """out with the model's unknown byte ranges (pushed, never written) on every received
-    byte string the model has at the same length; everything else unchanged."""
-
-    def masked(data: Data | None, model_data: Data | None) -> Data | None:
-        if data is None or model_data is None or not model_data.unknown or len(data) != len(model_data):
-            return data
-        return Data(data.raw, model_data.unknown)
-
-    events = out.events
-    if len(model.events) == len(events):
-        events = tuple(replace(e, data=masked(e.data, m.data)) for e, m in zip(events, model.events, strict=True))
-    endpoints = {
-        name: replace(ep, rx=masked(ep.rx, model.endpoints[name].rx)) if name in model.endpoints else ep
-        for name, ep in out.endpoints.items()
-    }
-    return replace(out, events=events, endpoints=endpoints)
 
 
 def _outcomes(backend: str, cases: list[Case]) -> Iterator[Outcome]:

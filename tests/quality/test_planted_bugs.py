@@ -256,5 +256,8 @@ def test_flaky_differences_are_counted_not_saved(tmp_path: Any) -> None:
 
     corpus = Corpus(tmp_path)
     stats = Engine(FuzzConfig(seed=4, cases=200, batch=50), FunctionPool(good), first_call_wrong, corpus).run()
-    assert stats.mismatches > 0 and stats.flaky == stats.mismatches and stats.findings == 0
-    assert list(corpus.buckets()) == []
+    # The only findings are the "kernel's" (here the model's own outcomes) broken promises: the
+    # documented kernel bugs the model copies (K1, K3), which the invariants report whatever the
+    # model says.  No planted difference is saved.
+    assert stats.mismatches > stats.findings and stats.flaky == stats.mismatches - stats.findings
+    assert all(b.name.startswith(("known.", "invariant.")) for b in corpus.buckets())

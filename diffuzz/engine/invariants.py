@@ -1,0 +1,214 @@
+"""The kernel's promises, checked on every outcome without the model: the second oracle.
+
+The model follows the kernel's logic, bugs included (K1, K2 are reproduced by it), so a
+comparison alone counts such a bug as agreement.  Each Invariant here is a promise of the
+socket API or of sk_msg's documentation, with where it is written; `broken(case, outcome)`
+lists the promises an outcome breaks, kernel side and model side alike.
+
+A model outcome may break one only where the model knowingly copies a documented kernel bug:
+the model names the bug in its notes (`kernel_bugs`, set where sim/ reproduces it) and
+KNOWN_BUGS says which promise that bug breaks.  Anything else the model breaks is a model bug.
+
+The kernel log (the third oracle) arrives as the kernel outcome's notes["kernel_log"] (the
+lines the kernel printed while the case ran, kernel_runner/kmsg.py); KMSG_TABLE says which
+lines count, as syzkaller's report table does: data, not code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+from diffuzz.contract.case import SEND_TYPES, U32, Case, Fionread, PopData, PushData, Recv, Write
+from diffuzz.contract.outcome import Outcome
+from diffuzz.engine.provenance import MIN_RUN, Streams, Trace, sender_streams, trace
+
+
+class Seen:
+    """One outcome of one case, as the checks read it; the byte trace is computed once."""
+
+    def __init__(self, case: Case, outcome: Outcome, streams: Streams | None) -> None:
+        self.case = case
+        self.outcome = outcome
+        self.streams = streams
+        self._trace: Trace | bool | None = False
+
+    def trace(self) -> Trace | None:
+        if self._trace is False:
+            self._trace = trace(self.case, self.outcome, self.streams)
+        return self._trace  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Invariant:
+    name: str
+    promise: str
+    source: str
+    check: Callable[[Seen], Iterator[str]]  # one detail per breach
+
+
+@dataclass(frozen=True)
+class Broken:
+    invariant: str
+    detail: str
+
+
+# Errors a non-blocking recv on a connected TCP socket may return (recv(2), tcp(7)); EBADF is the
+# runner's answer for an endpoint the case closed.  EFAULT on a valid buffer is not among them.
+RECV_ERRNOS = frozenset({"EAGAIN", "ECONNRESET", "ENOTCONN", "ETIMEDOUT", "EINTR", "EBADF"})
+
+# Which kernel log lines are a crash finding: (pattern, title).  The first match names it.
+KMSG_TABLE: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p), t) for p, t in (
+    (r"^WARNING: ", "WARNING"),
+    (r"^BUG: KASAN: ", "KASAN"),
+    (r"^BUG: ", "BUG"),
+    (r"kernel BUG at ", "BUG"),
+    (r"^Oops", "Oops"),
+    (r"general protection fault", "general protection fault"),
+    (r"refcount_t: ", "refcount"),
+    (r"^UBSAN: ", "UBSAN"),
+    (r"^Kernel panic", "panic"),
+))
+
+
+def _return_bound(seen: Seen) -> Iterator[str]:
+    case, o = seen.case, seen.outcome
+    for i, (ev, res) in enumerate(zip(case.events, o.events, strict=False)):
+        if isinstance(ev, SEND_TYPES) and isinstance(res.ret, int) and res.ret > ev.size:
+            yield f"events[{i}] {ev.op}({ev.ep}, {ev.size} bytes) returned {res.ret}"
+
+
+def _errno_sanity(seen: Seen) -> Iterator[str]:
+    case, o = seen.case, seen.outcome
+    events = case.events
+    for i, (ev, res) in enumerate(zip(events, o.events, strict=False)):
+        if isinstance(ev, Recv) and isinstance(res.ret, str) and res.ret not in RECV_ERRNOS:
+            yield f"events[{i}] recv({ev.ep}{', MSG_PEEK' if ev.peek else ''}) failed with {res.ret}"
+        if isinstance(ev, Fionread) and isinstance(res.ret, str) and res.ret != "EBADF":
+            yield f"events[{i}] fionread({ev.ep}) failed with {res.ret}"
+        if isinstance(ev, Fionread) and isinstance(res.ret, int) and res.ret > 0:
+            # The next event on this socket, if it is a recv, must get data (tcp(7): SIOCINQ is
+            # the amount of unread data).
+            nxt = next((j for j in range(i + 1, len(events)) if getattr(events[j], "ep", None) == ev.ep), None)
+            if nxt is not None and nxt < len(o.events) and isinstance(events[nxt], Recv) and events[nxt].len:
+                got = o.events[nxt].ret
+                if not (isinstance(got, int) and got > 0):
+                    yield f"events[{i}] fionread({ev.ep}) = {res.ret}, then events[{nxt}] recv returned {got}"
+    for name, ep in o.endpoints.items():
+        if ep.end not in ("EAGAIN", "EOF", "closed") and ep.end not in RECV_ERRNOS:
+            yield f"{name}: the final drain's recv failed with {ep.end}"
+        if ep.fionread and not len(ep.rx):
+            yield f"{name}: FIONREAD {ep.fionread} before the drain, and the drain read nothing ({ep.end})"
+
+
+def program_bytes(case: Case, o: Outcome) -> int | None:
+    """How many delivered bytes may be untraceable without breaking a promise: what the recorded
+    runs' successful push_data calls inserted and their write steps stored, plus slack where the
+    trace goes blind: 2 * MIN_RUN bytes for every run (its apply boundary can leave a piece
+    shorter than MIN_RUN on either side, e.g. one-byte sends or apply windows) and for every
+    successful push, pop or write.  None when some runs were not recorded (past
+    MAX_RUN_RECORDS), so the bound is unknown."""
+    if o.run_count > len(o.runs):
+        return None
+    total = 0
+    for index, run in enumerate(o.runs):
+        total += 2 * MIN_RUN
+        steps = case.invocation(index).steps
+        for step, rec in zip(steps, run.steps, strict=False):
+            if rec.rc != 0:
+                continue
+            if isinstance(step, PushData):
+                total += (step.len & U32) + 2 * MIN_RUN
+            elif isinstance(step, Write):
+                total += len(step.data) + 2 * MIN_RUN
+            elif isinstance(step, PopData):
+                total += 2 * MIN_RUN
+    return total
+
+
+def _provenance(seen: Seen) -> Iterator[str]:
+    t = seen.trace()
+    if t is None:
+        return
+    made = program_bytes(seen.case, seen.outcome)
+    if made is not None and t.untraced > made:
+        where = ", ".join(f"{ep} at byte {off} ({n} B)" for ep, off, n in t.untraced_at[:3])
+        yield (f"{t.untraced} delivered bytes match no send, more than the {made} the program pushed or wrote "
+               f"(with slack): {where}")
+    if made is not None and t.untraced + t.twice_bytes > made:
+        yield from t.twice
+    yield from t.disorder
+    if made is not None and t.delivered > t.accepted + made:
+        yield f"{t.delivered} bytes delivered, more than the {t.accepted} accepted plus {made} pushed"
+
+
+def _accounting(seen: Seen) -> Iterator[str]:
+    t = seen.trace()
+    if t is None:
+        return
+    for ep, n in sorted(t.per_sender.items()):
+        if n - t.accepted_by.get(ep, 0) >= MIN_RUN:  # under MIN_RUN: a match's chance overrun (provenance.py)
+            yield f"{n} bytes of {ep}'s sends were delivered, but its sends accepted {t.accepted_by.get(ep, 0)}"
+
+
+def _kernel_log(seen: Seen) -> Iterator[str]:
+    for line in seen.outcome.notes.get("kernel_log", ()):
+        title = kmsg_title(str(line))
+        if title:
+            yield f"{title}: {line}"
+
+
+def kmsg_title(line: str) -> str | None:
+    for pattern, title in KMSG_TABLE:
+        if pattern.search(line):
+            return title
+    return None
+
+
+def _termination(seen: Seen) -> Iterator[str]:
+    if seen.outcome.hang:
+        yield "the case did not finish (a hang)"
+
+
+INVARIANTS: tuple[Invariant, ...] = (
+    Invariant("return_bound", "no send, sendmsg, sendfile or splice returns more bytes than it was given",
+              "send(2), sendmsg(2): the number of bytes sent; sendfile(2), splice(2): at most count", _return_bound),
+    Invariant("errno_sanity", "recv, peek and FIONREAD on a valid buffer fail only with errors the socket API "
+              "lists (never EFAULT); a recv after FIONREAD n > 0 returns data",
+              "recv(2) ERRORS (EFAULT: the buffer is outside the address space); tcp(7) SIOCINQ", _errno_sanity),
+    Invariant("byte_provenance", "every delivered byte was sent (at its offset) or pushed; from one sender each "
+              "of a receiver's two queues (ingress_msg, TCP) is in send order; no byte twice; no more than "
+              "accepted plus pushed",
+              "tcp(7) (a reliable, ordered byte stream); bpf-helpers(7) bpf_msg_push_data, bpf_msg_redirect_map; "
+              "spec §7.1 (ingress_msg, then TCP)", _provenance),
+    Invariant("accounting", "per sending socket, the bytes delivered from its sends are at most what its sends "
+              "accepted (returned)", "send(2): the return value is the number of bytes sent", _accounting),
+    Invariant("kernel_log", "no WARN, BUG, Oops, KASAN, refcount or general protection line while a case runs",
+              "the kernel's own checks (syzkaller's oracle)", _kernel_log),
+    Invariant("termination", "every case finishes", "a syscall with MSG_DONTWAIT or a bounded send returns",
+              _termination),
+)
+BY_NAME: Mapping[str, Invariant] = {inv.name: inv for inv in INVARIANTS}
+
+# The documented kernel bugs the model reproduces on purpose, and the promise each breaks
+# (docs/kernel-notes.md, corpus/kernel-bugs/).  sim/ names the bug in the outcome's notes.
+KNOWN_BUGS: Mapping[str, tuple[str, ...]] = {
+    "K1": ("return_bound",),  # tcp_bpf_send_verdict's DROP arithmetic: send() returns more than len
+    "K2": ("errno_sanity",),  # an empty ingress message: recv fails with EFAULT, data behind it hidden
+    "K3": ("accounting",),  # the DROP arithmetic counts an earlier run's pushed bytes as the caller's
+}
+
+
+def broken(case: Case, outcome: Outcome, streams: Streams | bool | None = False) -> list[Broken]:
+    """Every promise this outcome breaks, in table order.  `streams`: the case's
+    provenance.sender_streams, when the caller already has them (both sides share them)."""
+    seen = Seen(case, outcome, sender_streams(case) if streams is False else streams)  # type: ignore[arg-type]
+    return [Broken(inv.name, detail) for inv in INVARIANTS for detail in inv.check(seen)]
+
+
+def unexplained(case: Case, model: Outcome, streams: Streams | bool | None = False) -> list[Broken]:
+    """The promises a model outcome breaks that no bug it names (notes["kernel_bugs"]) explains:
+    each one is a model bug."""
+    allowed = {name for bug in model.notes.get("kernel_bugs", ()) for name in KNOWN_BUGS.get(bug, ())}
+    return [b for b in broken(case, model, streams) if b.invariant not in allowed]
