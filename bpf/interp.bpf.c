@@ -22,6 +22,7 @@
 #define MAX_STEPS 16
 #define MAX_WRITE 16
 #define MAX_RUN_RECORDS 64
+#define RUN_HEAD_LEN 16	/* bytes of the window recorded on entry (Run.head) */
 /* The verifier's bound on a variable packet offset (MAX_PACKET_OFF) is 0xffff, and the
  * offset plus the largest constant displacement must stay within it. */
 #define WRITE_MAX_OFFSET (0xffff - MAX_WRITE)
@@ -63,6 +64,7 @@ struct run_rec {
 	__u32 local_ip6[4], remote_ip6[4];
 	__s64 rc[MAX_STEPS];
 	__u32 win[MAX_STEPS];
+	__u8 head[RUN_HEAD_LEN];	/* the window's first bytes on entry: what the program reads */
 };
 
 struct records {
@@ -204,6 +206,16 @@ int interp(struct sk_msg_md *msg)
 
 	rec->size_in = msg->size;
 	rec->win_in = (long)msg->data_end - (long)msg->data;
+	/* The bytes the program can read directly, as far as RUN_HEAD_LEN (the invariant that
+	 * they were sent or pushed: diffuzz/engine/invariants.py program_view). */
+#pragma unroll
+	for (i = 0; i < RUN_HEAD_LEN; i++) {
+		__u8 *p = (__u8 *)(long)msg->data + i;
+
+		if ((void *)(p + 1) > (void *)(long)msg->data_end)
+			break;
+		rec->head[i] = *p;
+	}
 
 	for (i = 0; i < MAX_STEPS; i++) {
 		if (i >= nsteps)

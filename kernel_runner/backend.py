@@ -31,6 +31,7 @@ class RawRun:
     remote_ip: bytes
     remote_port: int  # as the program read it (network order per UAPI)
     tid: int  # lower 32 bits of bpf_get_current_pid_tgid()
+    head: bytes = b""  # the window's first bytes on entry (at most outcome.RUN_HEAD)
 
 
 class CaseProgram(Protocol):

@@ -28,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 
 from diffuzz.contract.case import Case
-from diffuzz.contract.outcome import MAX_RUN_RECORDS
+from diffuzz.contract.outcome import MAX_RUN_RECORDS, RUN_HEAD
 from kernel_runner import bpf_sys
 from kernel_runner.backend import KernelUnsupported, RawRun
 from kernel_runner.c_codegen import (
@@ -153,6 +153,7 @@ def _decode(v: tuple[int, ...]) -> RawRun:
         remote_ip=struct.pack(f"<{words}I", *v[13 : 13 + words]),
         remote_port=remote_port,
         tid=tid,
+        head=v[-1][: min(win_in, RUN_HEAD)],
     )
 
 

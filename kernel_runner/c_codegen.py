@@ -47,7 +47,7 @@ from diffuzz.contract.case import (
     Step,
     Write,
 )
-from diffuzz.contract.outcome import MAX_RUN_RECORDS
+from diffuzz.contract.outcome import MAX_RUN_RECORDS, RUN_HEAD
 
 MAX_STEPS = 16  # diffuzz.contract.case.MAX_STEPS: the per-run step arrays
 RECORD_SLOTS = MAX_RUN_RECORDS + 2  # slot 0: the run counter; 1..64: runs 0..63; 65: scratch for later runs
@@ -78,6 +78,7 @@ FIELDS: tuple[tuple[str, str], ...] = (
     ("__u32 pad;", "I"),
     (f"__s64 rc[{MAX_STEPS}];       /* helper return per step */", f"{MAX_STEPS}q"),
     (f"__u32 win[{MAX_STEPS}];      /* data_end - data after each step */", f"{MAX_STEPS}I"),
+    (f"__u8 head[{RUN_HEAD}];       /* the window's first bytes on entry */", f"{RUN_HEAD}s"),
 )
 RECORD = struct.Struct("<" + "".join(fmt for _, fmt in FIELDS))
 assert RECORD.size % 8 == 0  # array elements are rounded up to 8 bytes; keep the Python offsets exact
@@ -208,6 +209,7 @@ _COMMON = """\
 #define AF_INET 2
 #define MAX_STEPS {max_steps}
 #define MAX_RUN_RECORDS {max_runs}
+#define RUN_HEAD {run_head}
 #define SCRATCH_SLOT (MAX_RUN_RECORDS + 1) /* where runs past the first MAX_RUN_RECORDS write */
 #define RECORD_SLOTS (MAX_RUN_RECORDS + 2)
 
@@ -268,6 +270,15 @@ _MAIN = """\
 \t/* What the program sees on entry: the message and the struct sk_msg_md context. */
 \trec->size_in = msg->size;
 \trec->win_in = msg->data_end - msg->data;
+\t/* The bytes the program can read directly, as far as RUN_HEAD (diffuzz/engine/invariants.py). */
+#pragma unroll
+\tfor (int i = 0; i < RUN_HEAD; i++) {{
+\t\t__u8 *p = (__u8 *)(long)msg->data + i;
+
+\t\tif ((void *)(p + 1) > (void *)(long)msg->data_end)
+\t\t\tbreak;
+\t\trec->head[i] = *p;
+\t}}
 \trec->family = msg->family;
 \trec->local_port = msg->local_port;
 \trec->remote_port = msg->remote_port;
@@ -306,7 +317,7 @@ def _header(case: Case, flavour: str, name: str, map_size: str) -> str:
 
 
 def _body(case: Case, maps: str, section: str) -> str:
-    common = _COMMON.format(max_steps=MAX_STEPS, max_runs=MAX_RUN_RECORDS,
+    common = _COMMON.format(max_steps=MAX_STEPS, max_runs=MAX_RUN_RECORDS, run_head=RUN_HEAD,
                             fields="\n".join("\t" + decl for decl, _ in FIELDS))
     parts = [common, maps, _HELPERS]
     last = len(case.program) - 1

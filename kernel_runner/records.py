@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable
 
 from diffuzz.contract.case import peer_of
-from diffuzz.contract.outcome import Run, RunContext, StepRecord
+from diffuzz.contract.outcome import Data, Run, RunContext, StepRecord
 from kernel_runner.backend import RawRun
 
 EndpointAt = Callable[[bytes, int, "str | None"], "str | None"]  # (ip, port, preferred name) -> name
@@ -34,6 +34,7 @@ def to_run(raw: RawRun, ep: str, task: int | str, endpoint_at: EndpointAt) -> Ru
         steps=tuple(StepRecord(rc=rc, win=win) for rc, win in zip(raw.rcs, raw.wins, strict=True)),
         size_out=raw.size_out,
         verdict=raw.verdict,
+        head=Data(raw.head),
         ctx=RunContext(
             family=raw.family,
             local=endpoint_name(raw.local_ip, raw.local_port, endpoint_at, prefer=ep),

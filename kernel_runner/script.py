@@ -62,6 +62,7 @@ from diffuzz.contract.case import (
     Write,
 )
 from diffuzz.contract.outcome import MAX_RUN_RECORDS
+from diffuzz.contract.outcome import RUN_HEAD as RUN_HEAD_LEN
 from kernel_runner.backend import RawRun
 
 # enum op in interp.bpf.c
@@ -90,11 +91,12 @@ SCRIPT_SIZE = SCRIPT_HEAD.size + MAX_PROGRAMS * INVOCATION_SIZE
 RUN_HEAD = struct.Struct("<IIIIIIII4s4sII16s16s")
 RUN_RC = struct.Struct(f"<{MAX_STEPS}q")
 RUN_WIN = struct.Struct(f"<{MAX_STEPS}I")
-RUN_REC_SIZE = RUN_HEAD.size + RUN_RC.size + RUN_WIN.size
+RUN_BYTES = struct.Struct(f"<{RUN_HEAD_LEN}s")  # head[]: the window's first bytes on entry
+RUN_REC_SIZE = RUN_HEAD.size + RUN_RC.size + RUN_WIN.size + RUN_BYTES.size
 RECORDS_HEAD = struct.Struct("<QQ")
 RECORDS_SIZE = RECORDS_HEAD.size + 2 * MAX_RUN_RECORDS * RUN_REC_SIZE
 
-assert (STEP.size, INVOCATION_SIZE, RUN_REC_SIZE) == (48, 784, 272), "layout drifted from interp.bpf.c"
+assert (STEP.size, INVOCATION_SIZE, RUN_REC_SIZE) == (48, 784, 288), "layout drifted from interp.bpf.c"
 
 
 U64 = (1 << 64) - 1
@@ -148,7 +150,7 @@ def encode_script(program: tuple[Invocation, ...], map_kind: int) -> bytes:
     return bytes(buf)
 
 
-_RUN_ALL = struct.Struct(RUN_HEAD.format + RUN_RC.format[1:] + RUN_WIN.format[1:])
+_RUN_ALL = struct.Struct(RUN_HEAD.format + RUN_RC.format[1:] + RUN_WIN.format[1:] + RUN_BYTES.format[1:])
 _RC0 = 14  # index of rc[0] in a _RUN_ALL tuple
 
 
@@ -163,7 +165,8 @@ def decode_runs(records: Sequence[int] | bytes | memoryview, count: int) -> list
         out.append(RawRun(size_in=f[0], win_in=f[1], rcs=f[_RC0 : _RC0 + n],
                           wins=f[_RC0 + MAX_STEPS : _RC0 + MAX_STEPS + n], size_out=f[2], verdict=f[3], family=f[5],
                           local_ip=f[12] if v6 else f[8], local_port=f[6],
-                          remote_ip=f[13] if v6 else f[9], remote_port=f[7], tid=f[10]))
+                          remote_ip=f[13] if v6 else f[9], remote_port=f[7], tid=f[10],
+                          head=f[-1][: min(f[1], RUN_HEAD_LEN)]))
     return out
 
 

@@ -21,8 +21,8 @@ from diffuzz.contract.case import (
     Redirect,
     Write,
 )
-from diffuzz.contract.outcome import MAX_RUN_RECORDS, Run, RunContext, StepRecord
-from sim.sk_msg import MAX_MSG_FRAGS, Elem, SkMsg, concat, remove_range
+from diffuzz.contract.outcome import MAX_RUN_RECORDS, RUN_HEAD, Data, Run, RunContext, StepRecord
+from sim.sk_msg import MAX_MSG_FRAGS, Elem, SkMsg, clip_ranges, concat, remove_range
 from sim.tcp import CLOSE
 
 if TYPE_CHECKING:
@@ -228,6 +228,16 @@ def _write(msg: SkMsg, pos: int, data: bytes) -> None:
             break
 
 
+def _head(msg: SkMsg, win_len: int) -> Data:
+    """The first RUN_HEAD bytes of [data, data_end) on entry: the first element's (spec §4.1),
+    with its never-written pushed bytes unknown."""
+    if not win_len:
+        return Data()
+    e = msg.elems[0]
+    n = min(RUN_HEAD, win_len)
+    return Data(e.data[:n], tuple(clip_ranges(e.unk, 0, n) or ()))
+
+
 def bpf_prog_run(world: World, sk: Sock, msg: SkMsg) -> int:
     """Run the case's program once on msg (the next invocation of the global run counter)
     and record it (docs/execution.md "Program runs").  Returns the u32 the program returned."""
@@ -243,6 +253,7 @@ def bpf_prog_run(world: World, sk: Sock, msg: SkMsg) -> int:
     known = pinned
     size_in = msg.size
     win_in = win_len if known else None
+    head = _head(msg, win_len) if known and record else None
     recs: list[StepRecord] = []
     rc = 0
     for step in inv.steps:
@@ -294,7 +305,7 @@ def bpf_prog_run(world: World, sk: Sock, msg: SkMsg) -> int:
             ctx = world.ctx_cache[key] = RunContext(
                 world.family, sk_msg_local(sk.name, world.family, closed), sk.peer.name, world.task  # type: ignore[union-attr]
             )
-        world.runs.append(Run(sk.name, size_in, win_in, tuple(recs), msg.size, verdict, ctx))
+        world.runs.append(Run(sk.name, size_in, win_in, tuple(recs), msg.size, verdict, ctx, head))
     return verdict
 
 

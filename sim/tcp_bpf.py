@@ -41,6 +41,13 @@ def s32(x: int) -> int:
     return x - (1 << 32) if x & 0x8000_0000 else x
 
 
+def _note_k3(w: World, msg: SkMsg) -> None:
+    """The error branches subtract sk_msg_free()'s count, pushed bytes included, from copied:
+    kernel bug K3 (as in the DROP branch) whenever programs grew or shrank this message."""
+    if msg.grown:
+        w.kernel_bugs.add("K3")
+
+
 def sk_psock_msg_verdict(w: World, sk: Sock, psock: Psock, msg: SkMsg) -> int:
     """§4.1: run the program; only SK_PASS passes (§6.8), and a PASS with sk_redir on the
     struct redirects.  apply_bytes is copied for every verdict.
@@ -192,6 +199,7 @@ def tcp_bpf_send_verdict(w: World, sk: Sock, psock: Psock, msg: SkMsg, copied: i
             ret = tcp_bpf_push(w, sk, msg, tosend, flags)
             acct[3] += origsize - msg.size
             if ret:
+                _note_k3(w, msg)
                 freed = msg.sk_msg_free()
                 acct[4] += freed
                 copied -= freed  # eval stays PASS, apply not consumed (sticky, §4.5)
@@ -216,6 +224,8 @@ def tcp_bpf_send_verdict(w: World, sk: Sock, psock: Psock, msg: SkMsg, copied: i
             ret = tcp_bpf_sendmsg_redir(w, target, ingress, msg, tosend, flags)
             acct[3] += origsize - msg.size
             if ret < 0:
+                if not cork:
+                    _note_k3(w, msg)
                 freed = msg.sk_msg_free()
                 acct[4] += freed
                 if not cork:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FORMAT_VERSION = 1
+RUN_HEAD = 16  # bytes of each run's window recorded (Run.head)
 
 # A syscall result: the non-negative return value, or the errno name ("EACCES").
 Ret = int | str
@@ -155,6 +156,9 @@ class Run:
     size_out: int  # msg->size on exit
     verdict: int  # the u32 the program returned
     ctx: RunContext
+    # The first RUN_HEAD bytes of the window [data, data_end) on entry: what the program reads
+    # (None where the window is not pinned, or from a runner that does not record it).
+    head: Data | None = None
 
 
 @dataclass(frozen=True)
@@ -233,6 +237,7 @@ def _run_to_dict(r: Run) -> dict[str, Any]:
         "size_out": r.size_out,
         "verdict": r.verdict,
         "ctx": {"family": r.ctx.family, "local": r.ctx.local, "remote": r.ctx.remote, "task": r.ctx.task},
+        **({"head": r.head.to_json()} if r.head is not None else {}),
     }
 
 
@@ -263,6 +268,7 @@ def outcome_from_dict(obj: Mapping[str, Any]) -> Outcome:
                     size_out=r["size_out"],
                     verdict=r["verdict"],
                     ctx=RunContext(**r["ctx"]),
+                    head=Data.from_json(r["head"]) if "head" in r else None,
                 )
                 for r in obj["runs"]
             ),

@@ -40,4 +40,5 @@ def _concrete(o: Outcome) -> Outcome:
         o,
         events=tuple(replace(e, data=data(e.data)) if e.data is not None and e.data.unknown else e for e in o.events),
         endpoints={name: replace(ep, rx=data(ep.rx)) if ep.rx.unknown else ep for name, ep in o.endpoints.items()},
+        runs=tuple(replace(r, head=data(r.head)) if r.head is not None and r.head.unknown else r for r in o.runs),
     )

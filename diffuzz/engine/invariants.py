@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from diffuzz.contract.case import SEND_TYPES, U32, Case, Fionread, PopData, PushData, Recv, Write
 from diffuzz.contract.outcome import Outcome
-from diffuzz.engine.provenance import MIN_RUN, Streams, Trace, sender_streams, trace
+from diffuzz.engine.provenance import MIN_RUN, Streams, Trace, sender_streams, trace, untraced_heads
 
 
 class Seen:
@@ -152,6 +152,17 @@ def _accounting(seen: Seen) -> Iterator[str]:
             yield f"{n} bytes of {ep}'s sends were delivered, but its sends accepted {t.accepted_by.get(ep, 0)}"
 
 
+def _program_view(seen: Seen) -> Iterator[str]:
+    if seen.streams is None:
+        return
+    made = program_bytes(seen.case, seen.outcome)
+    found = untraced_heads(seen.outcome, seen.streams)
+    n = sum(length for _, _, length in found)
+    if found and made is not None and n > made:
+        where = ", ".join(f"runs[{i}] at byte {off} ({length} B)" for i, off, length in found[:3])
+        yield f"the program read {n} bytes no send sent, more than the {made} it pushed or wrote: {where}"
+
+
 def _kernel_log(seen: Seen) -> Iterator[str]:
     for line in seen.outcome.notes.get("kernel_log", ()):
         title = kmsg_title(str(line))
@@ -184,6 +195,9 @@ INVARIANTS: tuple[Invariant, ...] = (
               "spec §7.1 (ingress_msg, then TCP)", _provenance),
     Invariant("accounting", "per sending socket, the bytes delivered from its sends are at most what its sends "
               "accepted (returned)", "send(2): the return value is the number of bytes sent", _accounting),
+    Invariant("program_view", "the bytes a run's window shows the program (its first RUN_HEAD bytes on entry) were "
+              "sent or put there by the program, never bytes from nowhere",
+              "bpf-helpers(7): msg->data..data_end is the message's data; spec §4.1", _program_view),
     Invariant("kernel_log", "no WARN, BUG, Oops, KASAN, refcount or general protection line while a case runs",
               "the kernel's own checks (syzkaller's oracle)", _kernel_log),
     Invariant("termination", "every case finishes", "a syscall with MSG_DONTWAIT or a bounded send returns",

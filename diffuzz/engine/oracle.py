@@ -57,10 +57,12 @@ def judge(case: Case, kernel: Outcome, model: Outcome) -> Verdict:
 
 def with_model_unknowns(out: Outcome, model: Outcome) -> Outcome:
     """out with the model's unknown byte ranges (pushed, never written) on every received byte
-    string the model has at the same length; everything else unchanged."""
+    string and every run's recorded window the model has at the same length; everything else
+    unchanged."""
 
     if not any(ep.rx.unknown for ep in model.endpoints.values()) and not any(
-            e.data is not None and e.data.unknown for e in model.events):
+            e.data is not None and e.data.unknown for e in model.events) and not any(
+            r.head is not None and r.head.unknown for r in model.runs):
         return out  # nothing pushed and unwritten: the common case, no copy
 
     def masked(data: Data | None, model_data: Data | None) -> Data | None:
@@ -75,7 +77,10 @@ def with_model_unknowns(out: Outcome, model: Outcome) -> Outcome:
         name: replace(ep, rx=masked(ep.rx, model.endpoints[name].rx)) if name in model.endpoints else ep
         for name, ep in out.endpoints.items()
     }
-    return replace(out, events=events, endpoints=endpoints)
+    runs = out.runs
+    if len(model.runs) == len(runs):
+        runs = tuple(replace(r, head=masked(r.head, m.head)) for r, m in zip(runs, model.runs, strict=True))
+    return replace(out, events=events, endpoints=endpoints, runs=runs)
 
 
 def known_bugs(kernel_broken: tuple[Broken, ...], model: Outcome) -> tuple[str, ...]:

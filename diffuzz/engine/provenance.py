@@ -79,6 +79,28 @@ def trace(case: Case, outcome: Outcome, streams: Streams | None) -> Trace | None
     return _trace(case, outcome, streams.by_sender, t)
 
 
+def untraced_heads(outcome: Outcome, streams: Streams) -> list[tuple[int, int, int]]:
+    """(run, offset, length) of every stretch of >= MIN_RUN known bytes in a run's recorded
+    window (Run.head: what the program read) that no sender sent."""
+    out = []
+    for index, run in enumerate(outcome.runs):
+        if run.head is None or len(run.head) < MIN_RUN:
+            continue
+        for base, known in _known_runs([run.head]):
+            p = 0
+            while len(known) - p >= MIN_RUN:
+                key = known[p:p + MIN_RUN]
+                if any(s.find(key) >= 0 for s in streams.by_sender.values()):
+                    p += 1
+                    continue
+                q = p + 1
+                while q < len(known) and not any(s.find(known[q:q + MIN_RUN]) >= 0 for s in streams.by_sender.values()):
+                    q += 1
+                out.append((index, base + p, min(q, len(known)) - p))
+                p = q
+    return out
+
+
 def _received(case: Case, outcome: Outcome) -> dict[str, list[Data]]:
     got: dict[str, list[Data]] = {}
     for ev, res in zip(case.events, outcome.events, strict=False):

@@ -47,3 +47,25 @@ def test_kernel_still_shows_the_bug(bug: Case) -> None:
         pytest.skip(f"{bug.name}: recorded on {bug.meta['kernel']}, this kernel ({os.uname().release}) no longer "
                     f"shows it: {mismatches[0]}")
     assert mismatches == []
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("path", BUGS, ids=lambda p: p.stem)
+def test_reproduce_exits_1_naming_the_promise_the_bug_breaks(path: Path) -> None:
+    # The second oracle: the kernel and the model agree (the model copies the bug), and still the
+    # case is a finding, by the invariant the bug breaks (diffuzz/engine/invariants.py KNOWN_BUGS).
+    import json
+
+    from click.testing import CliRunner
+
+    from diffuzz.cli.commands import main
+    from diffuzz.engine.invariants import KNOWN_BUGS
+
+    bug_id = path.stem.split("_")[0]
+    result = CliRunner().invoke(main, ["reproduce", "--json", str(path)])
+    record = json.loads(result.output)
+    if record["differences"]:
+        pytest.skip(f"{path.stem}: kernel and model differ on this kernel: {record['differences'][0]['path']}")
+    assert result.exit_code == 1, result.output
+    assert set(KNOWN_BUGS[bug_id]) <= {b["invariant"] for b in record["broken"]["kernel"]}
+    assert record["broken"]["model"] == [] and record["broken"]["model_copies"] == [bug_id]

@@ -63,7 +63,9 @@ def test_campaign_counts_coverage_and_resume_continue_the_stream(tmp_path: Path)
     camp.close("test")
     first = list(seen)
     expected = set().union(*(features(random_case(5, i), _model()(random_case(5, i))) for i in first))
-    assert st.cases == 40 and st.findings == 0
+    # The model as the kernel agrees with the model; the only findings are the documented kernel
+    # bugs the model copies (its own outcomes break those promises), counted as known.
+    assert st.cases == 40 and all(b.name.startswith("known.") for b in Corpus(tmp_path).buckets())
     assert st.coverage == len(expected) == camp.feature_coverage > 0
 
     seen.clear()
