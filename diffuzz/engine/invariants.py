@@ -19,8 +19,24 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from diffuzz.contract.case import SEND_TYPES, U32, Case, Fionread, PopData, PushData, Recv, Write
+from diffuzz.contract.case import (
+    SEND_TYPES,
+    U32,
+    Attach,
+    Case,
+    Close,
+    Detach,
+    Fionread,
+    MapDelete,
+    MapInsert,
+    PopData,
+    PushData,
+    Recv,
+    Shutdown,
+    Write,
+)
 from diffuzz.contract.outcome import Outcome
 from diffuzz.engine.provenance import MIN_RUN, Streams, Trace, sender_streams, trace, untraced_heads
 
@@ -89,8 +105,9 @@ def _errno_sanity(seen: Seen) -> Iterator[str]:
             yield f"events[{i}] fionread({ev.ep}) failed with {res.ret}"
         if isinstance(ev, Fionread) and isinstance(res.ret, int) and res.ret > 0:
             # The next event on this socket, if it is a recv, must get data (tcp(7): SIOCINQ is
-            # the amount of unread data).
-            nxt = next((j for j in range(i + 1, len(events)) if getattr(events[j], "ep", None) == ev.ep), None)
+            # the amount of unread data) -- unless the map or a socket changed in between: a
+            # socket leaving the map loses its ingress queue by design (spec §9.1).
+            nxt = _next_on(events, i, ev.ep)
             if nxt is not None and nxt < len(o.events) and isinstance(events[nxt], Recv) and events[nxt].len:
                 got = o.events[nxt].ret
                 if not (isinstance(got, int) and got > 0):
@@ -100,6 +117,20 @@ def _errno_sanity(seen: Seen) -> Iterator[str]:
             yield f"{name}: the final drain's recv failed with {ep.end}"
         if ep.fionread and not len(ep.rx):
             yield f"{name}: FIONREAD {ep.fionread} before the drain, and the drain read nothing ({ep.end})"
+
+
+_CHANGES = (MapDelete, MapInsert, Detach, Attach, Close, Shutdown)
+
+
+def _next_on(events: tuple[Any, ...], i: int, ep: str) -> int | None:
+    """The index of the next event on socket ep after event i, or None when there is none or
+    the map or a socket changes first."""
+    for j in range(i + 1, len(events)):
+        if isinstance(events[j], _CHANGES):
+            return None
+        if getattr(events[j], "ep", None) == ep:
+            return j
+    return None
 
 
 def program_bytes(case: Case, o: Outcome) -> int | None:
