@@ -89,16 +89,32 @@ def untraced_heads(outcome: Outcome, streams: Streams) -> list[tuple[int, int, i
         for base, known in _known_runs([run.head]):
             p = 0
             while len(known) - p >= MIN_RUN:
-                key = known[p:p + MIN_RUN]
-                if any(s.find(key) >= 0 for s in streams.by_sender.values()):
+                if _find(streams.by_sender, known[p:p + MIN_RUN]) is not None:
                     p += 1
                     continue
-                q = p + 1
-                while q < len(known) and not any(s.find(known[q:q + MIN_RUN]) >= 0 for s in streams.by_sender.values()):
-                    q += 1
-                out.append((index, base + p, min(q, len(known)) - p))
+                q = _untraced_end(known, p, streams.by_sender)
+                if q - p >= MIN_RUN:
+                    out.append((index, base + p, q - p))
                 p = q
     return out
+
+
+def _find(streams: dict[str, bytes], key: bytes) -> tuple[str, int] | None:
+    """The first sender (and offset) whose stream holds key."""
+    for sender, stream in streams.items():
+        off = stream.find(key)
+        if off >= 0:
+            return sender, off
+    return None
+
+
+def _untraced_end(run: bytes, p: int, streams: dict[str, bytes]) -> int:
+    """Where the untraced stretch starting at p ends: the next offset whose MIN_RUN bytes some
+    sender sent, or the end of the run when fewer than MIN_RUN bytes are left."""
+    q = p + 1
+    while len(run) - q >= MIN_RUN and _find(streams, run[q:q + MIN_RUN]) is None:
+        q += 1
+    return q if len(run) - q >= MIN_RUN else len(run)
 
 
 def _received(case: Case, outcome: Outcome) -> dict[str, list[Data]]:
@@ -150,20 +166,9 @@ def _trace(case: Case, outcome: Outcome, streams: dict[str, bytes], t: Trace) ->
         for base, run in _known_runs(parts):
             p = 0
             while len(run) - p >= MIN_RUN:
-                key = run[p:p + MIN_RUN]
-                hit = None
-                for sender, stream in streams.items():
-                    off = stream.find(key)
-                    if off >= 0:
-                        hit = (sender, off)
-                        break
+                hit = _find(streams, run[p:p + MIN_RUN])
                 if hit is None:
-                    q = p + 1
-                    while len(run) - q >= MIN_RUN and not any(s.find(run[q:q + MIN_RUN]) >= 0
-                                                               for s in streams.values()):
-                        q += 1
-                    if len(run) - q < MIN_RUN:
-                        q = len(run)
+                    q = _untraced_end(run, p, streams)
                     if q - p >= MIN_RUN:  # shorter: a piece a pop or an apply boundary left, not evidence
                         t.untraced += q - p
                         t.untraced_at.append((receiver, base + p, q - p))
