@@ -38,6 +38,8 @@ def status_text(st: FuzzStats) -> Text:
     t.append(f" ({len(st.unique)} unique, {len(st.new_buckets)} new)")
     if st.flaky:
         t.append(f"  flaky {st.flaky}", style="yellow")
+    if st.known:
+        t.append(f"  known kernel bugs {st.known}", style="yellow")
     if st.hangs:
         t.append(f"  hangs {st.hangs}", style="bold magenta")
     if st.kernel_errors:
@@ -89,6 +91,8 @@ def summary_table(st: FuzzStats, findings_dir: str) -> Table:
     t.add_row("coverage", f"{st.coverage:,} features")
     t.add_row("mismatches", f"{st.mismatches} seen, {st.findings} reproduced, {st.flaky} flaky")
     t.add_row("buckets", f"{len(st.unique)} hit, {len(st.new_buckets)} new")
+    if st.known:
+        t.add_row("known bugs", f"{st.known} cases showed a documented kernel bug again (findings/known.*)")
     for name in st.new_buckets:
         t.add_row("new", f"{findings_dir}/{name}")
     if st.model_errors:

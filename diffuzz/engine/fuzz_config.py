@@ -25,6 +25,7 @@ class FuzzStats:
     mismatches: int = 0  # raw differences seen
     findings: int = 0  # confirmed (reproduced) differences
     flaky: int = 0
+    known: int = 0  # documented kernel bugs met again (findings/known.K<n>-*), not counted as findings
     model_errors: int = 0
     kernel_errors: int = 0  # kernel-side runs that failed (kernel_runner.pool.is_error)
     unique: set[str] = field(default_factory=set)  # buckets hit in this run

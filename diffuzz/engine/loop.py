@@ -307,10 +307,10 @@ class Engine(FindingStore):
         """A difference, or a broken promise of the kernel (verdict.kinds): confirm it, minimize
         it keeping the same kinds, bucket and save it."""
         st = self.stats
-        st.mismatches += 1
         if verdict.known:
             self._known_bug(case, k, m, verdict, index)
             return
+        st.mismatches += 1
         kinds = verdict.kinds
         diffs = list(verdict.differences)
         again = rerun(case, kinds, self.kernel, self.model)
@@ -365,7 +365,7 @@ class Engine(FindingStore):
         counted, its first case kept as found; no re-run or minimizing (corpus/kernel-bugs/ has the
         minimized case)."""
         st = self.stats
-        st.findings += 1
+        st.known += 1
         release = str(k.notes.get("kernel") or platform.release())
         sig = Signature(tuple(f"known.{b}" for b in verdict.known), (), (), release)
         bucket = self._store(Finding(case, k, m, verdict.differences, sig,
