@@ -328,7 +328,8 @@ class KernelPool:
         self._replace(w, "error", f"worker {w.pid} died ({status}) while running this case; it was replaced")
 
     def _replace(self, w: _Worker, kind: str, why: str) -> None:
-        """Take w out, fail its current case, queue the cases behind it again, start a new worker."""
+        """Take w out, fail its current case (if it had one), queue the cases behind it again, start a
+        new worker."""
         try:
             self._sel.unregister(w.rfd)
         except (KeyError, ValueError):
@@ -339,9 +340,10 @@ class KernelPool:
             pass
         if w.proc.returncode is None:
             w.kill()
-        seq, _ = w.inflight.popleft()
-        self._results[seq] = self._failed(kind, why)
-        self._queue.extendleft(reversed(w.inflight))
+        if w.inflight:  # a worker can also die idle (a SIGTERM to the whole process group)
+            seq, _ = w.inflight.popleft()
+            self._results[seq] = self._failed(kind, why)
+            self._queue.extendleft(reversed(w.inflight))
         i = self._workers.index(w)
         fresh = _Worker(self.backend, w.cpu)
         self._workers[i] = fresh

@@ -306,3 +306,21 @@ def test_atheris_engine_stops_on_sigterm_and_resumes(tmp_path: Path) -> None:
     assert again.returncode == 0, out2
     after = state_from_bytes((tmp_path / STATE).read_bytes())
     assert after.sessions == 2 and after.execs >= stats["execs_done"] + 5
+
+
+@kernel
+def test_sigterm_to_the_whole_process_group_stops_cleanly(tmp_path: Path) -> None:
+    # What `timeout`, systemd's default stop and `docker stop` do: every process of the campaign,
+    # the fuzzer and its workers, gets SIGTERM at once.  The workers die idle or mid-case; the
+    # fuzzer must not trip over a worker that had nothing in flight (pool._replace).
+    _need_kernel()
+    proc = _fuzz(tmp_path, "--duration", "60", planted=True)
+    _wait("a finding", lambda: (tmp_path / EVENTS).exists() and any(
+        e["kind"] == "new_finding" for e in _events(tmp_path)), proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out and "diffuzz fuzz: summary" in out
+    assert _events(tmp_path)[-1]["kind"] == "stop"
+    for path in tmp_path.rglob("*.json"):
+        json.loads(path.read_text())  # nothing half-written
