@@ -182,7 +182,7 @@ def test_libbpf_reproducer_builds_and_loads(tmp_path: Path) -> None:
 def test_w1_plain_pass(pool: KernelPool) -> None:
     out = _run(pool, _spec_case((Invocation((), SK_PASS),), Send("c0", 10)))
     assert [e.ret for e in out.events] == [10]
-    assert out.runs == (Run("c0", 10, 10, (), 10, SK_PASS, _ctx(0)),)
+    assert out.runs == (Run("c0", 10, 10, (), 10, SK_PASS, _ctx(0), Data(b"ABCDEFGHIJ")),)
     assert out.run_count == 1
     assert out.endpoints["p0"].rx == Data(b"ABCDEFGHIJ")
 
@@ -191,7 +191,8 @@ def test_w2_apply_one_byte_per_run(pool: KernelPool) -> None:
     out = _run(pool, _spec_case((Invocation((ApplyBytes(1),), SK_PASS),), Send("c0", 10)))
     assert [e.ret for e in out.events] == [10]
     assert out.runs == tuple(
-        Run("c0", n, n, (StepRecord(0, n),), n, SK_PASS, _ctx(0)) for n in range(10, 0, -1)
+        Run("c0", n, n, (StepRecord(0, n),), n, SK_PASS, _ctx(0), Data(b"ABCDEFGHIJ"[10 - n:]))
+        for n in range(10, 0, -1)
     )
     assert out.run_count == 10
     assert out.endpoints["p0"].rx == Data(b"ABCDEFGHIJ")
@@ -201,7 +202,7 @@ def test_w3_sticky_drop(pool: KernelPool) -> None:
     program = (Invocation((), SK_DROP), Invocation((), SK_PASS))
     out = _run(pool, _spec_case(program, Send("c0", 10), Send("c0", 10), Send("c0", 5)))
     assert [e.ret for e in out.events] == ["EACCES", "EACCES", "EACCES"]
-    assert out.runs == (Run("c0", 10, 10, (), 10, SK_DROP, _ctx(0)),)
+    assert out.runs == (Run("c0", 10, 10, (), 10, SK_DROP, _ctx(0), Data(b"ABCDEFGHIJ")),)
     assert out.run_count == 1
     assert out.endpoints["p0"].rx == Data(b"")
 
@@ -213,8 +214,8 @@ def test_w7_cork(pool: KernelPool) -> None:
     # Run 1 sees the whole corked message; with a fresh thread per send each send is its own
     # element, so the window is the first send's 4 bytes (spec §2.2).
     assert out.runs == (
-        Run("c0", 4, 4, (StepRecord(0, 4),), 4, SK_PASS, _ctx(0)),
-        Run("c0", 12, 4, (StepRecord(0, 4),), 12, SK_PASS, _ctx(3)),
+        Run("c0", 4, 4, (StepRecord(0, 4),), 4, SK_PASS, _ctx(0), Data(b"ABCD")),
+        Run("c0", 12, 4, (StepRecord(0, 4),), 12, SK_PASS, _ctx(3), Data(b"ABCD")),
     )
     assert out.run_count == 2
     assert out.endpoints["p0"].rx == Data(b"ABCDEFGHIJKL")

@@ -82,7 +82,9 @@ def test_w1_plain_pass(pool: KernelPool) -> None:
     out = run_ok(pool, spec_case((Invocation(),), (Send("c0", 10),)))
     assert out.inserts == (0, 0, 0, 0)
     assert out.events == (EventResult(ret=10),)
-    assert out.runs == (Run(ep="c0", size_in=10, win_in=10, steps=(), size_out=10, verdict=SK_PASS, ctx=ctx(0)),)
+    # head: the window's first bytes as the program read them (invariants.py program_view).
+    assert out.runs == (Run(ep="c0", size_in=10, win_in=10, steps=(), size_out=10, verdict=SK_PASS, ctx=ctx(0),
+                            head=Data(ABC[:10])),)
     assert out.run_count == 1
     assert out.endpoints["p0"] == Endpoint(rx=Data(ABC[:10]), fionread=0, end="EAGAIN")
     for ep in ("c0", "c1", "p1"):
@@ -95,7 +97,8 @@ def test_w2_apply_bytes_1_runs_once_per_byte(pool: KernelPool) -> None:
     assert out.events == (EventResult(ret=10),)
     assert out.run_count == 10
     assert out.runs == tuple(
-        Run(ep="c0", size_in=n, win_in=n, steps=(StepRecord(rc=0, win=n),), size_out=n, verdict=SK_PASS, ctx=ctx(0))
+        Run(ep="c0", size_in=n, win_in=n, steps=(StepRecord(rc=0, win=n),), size_out=n, verdict=SK_PASS, ctx=ctx(0),
+            head=Data(ABC[10 - n:10]))  # each re-run's window starts at the first byte not yet sent
         for n in range(10, 0, -1)
     )
     assert out.endpoints["p0"].rx == Data(ABC[:10])
@@ -107,7 +110,8 @@ def test_w3_sticky_drop(pool: KernelPool) -> None:
     out = run_ok(pool, spec_case(program, (Send("c0", 10), Send("c0", 10), Send("c0", 5))))
     assert out.events == (EventResult(ret="EACCES"),) * 3
     assert out.run_count == 1
-    assert out.runs == (Run(ep="c0", size_in=10, win_in=10, steps=(), size_out=10, verdict=SK_DROP, ctx=ctx(0)),)
+    assert out.runs == (Run(ep="c0", size_in=10, win_in=10, steps=(), size_out=10, verdict=SK_DROP, ctx=ctx(0),
+                            head=Data(ABC[:10])),)
     assert out.endpoints["p0"] == Endpoint(rx=Data(b""), fionread=0, end="EAGAIN")
 
 
@@ -121,11 +125,11 @@ def test_w7_cork_holds_until_satisfied(pool: KernelPool) -> None:
     assert out.run_count == 2
     first, flush = out.runs
     assert first == Run(ep="c0", size_in=4, win_in=4, steps=(StepRecord(rc=0, win=4),), size_out=4,
-                        verdict=SK_PASS, ctx=ctx(0))
+                        verdict=SK_PASS, ctx=ctx(0), head=Data(ABC[:4]))
     # The flush run sees the corked 12 bytes; with a fresh thread per send the appended bytes
     # never coalesce, so the window is the first syscall's 4 bytes (spec §2.2).
     assert flush == Run(ep="c0", size_in=12, win_in=4, steps=(StepRecord(rc=0, win=4),), size_out=12,
-                        verdict=SK_PASS, ctx=ctx(4))
+                        verdict=SK_PASS, ctx=ctx(4), head=Data(ABC[:4]))
     assert out.endpoints["p0"].rx == Data(ABC[:12])
 
 
