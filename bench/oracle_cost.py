@@ -38,14 +38,14 @@ def _compare_only(case, kernel, model):  # the loop without the invariants
     return Verdict(diffs, diff_kinds(diffs), (), ())
 
 
-def _loop_rate(seed: int, n: int, jobs: int) -> tuple[float, int]:
+def _loop_rate(seed: int, n: int, jobs: int) -> tuple[float, int, int]:
     from kernel_runner.pool import KernelPool
 
     with tempfile.TemporaryDirectory() as d, KernelPool(jobs=jobs) as pool:
         engine = loop.Engine(loop.FuzzConfig(seed=seed, cases=n, minimize_seconds=0.0), pool, sim.run, Corpus(d))
         t = time.perf_counter()
         stats = engine.run()
-        return n / (time.perf_counter() - t), stats.findings
+        return n / (time.perf_counter() - t), stats.findings, stats.known
 
 
 def main() -> int:
@@ -74,11 +74,11 @@ def main() -> int:
     judge_us = (time.perf_counter() - t) / args.cases * 1e6
     checks_us = judge_us - compare_us
 
-    with_rate, with_findings = _loop_rate(args.seed, args.cases, args.jobs)
+    with_rate, with_findings, with_known = _loop_rate(args.seed, args.cases, args.jobs)
     real = loop.judge
     loop.judge = _compare_only  # type: ignore[assignment]
     try:
-        without_rate, _ = _loop_rate(args.seed, args.cases, args.jobs)
+        without_rate, _, _ = _loop_rate(args.seed, args.cases, args.jobs)
     finally:
         loop.judge = real
 
@@ -88,7 +88,8 @@ def main() -> int:
     print(f"model:        {model_us:8.1f} us/case (main process)")
     print(f"compare:      {compare_us:8.1f} us/case")
     print(f"invariants:   {checks_us:8.1f} us/case (judge {judge_us:.1f} - compare), both outcomes")
-    print(f"loop:         {with_rate:8.0f} cases/s with the oracle ({with_findings} findings, all counted), "
+    print(f"loop:         {with_rate:8.0f} cases/s with the oracle ({with_findings} findings, {with_known} known-bug "
+          f"cases counted), "
           f"{without_rate:.0f} without")
     case_us = 1e6 / with_rate
     print(f"cost:         the invariants are {100 * checks_us / case_us:.1f}% of a case in the loop "

@@ -84,7 +84,17 @@ class Case:
         if not isinstance(event, SEND_TYPES):
             raise CaseError(f"events[{event_index}]", "not a send")
         if self.payload.pattern == "random":
-            return random.Random(f"{self.payload.seed}:{event_index}").randbytes(event.size)
+            # Seeding a Random from a string is the cost here (sha512, init_by_array), and the model,
+            # the oracle and a minimizer ask for the same sends again: kept on the instance, outside
+            # the dataclass fields (equality, hashing and JSON never see it).
+            cache: dict[int, bytes] | None = self.__dict__.get("_payloads")
+            if cache is None:
+                cache = {}
+                object.__setattr__(self, "_payloads", cache)
+            data = cache.get(event_index)
+            if data is None:
+                data = cache[event_index] = random.Random(f"{self.payload.seed}:{event_index}").randbytes(event.size)
+            return data
         start = sum(e.size for e in self.events[:event_index] if isinstance(e, SEND_TYPES))
         return _alphabet_slice(start + self.payload.seed, event.size)
 

@@ -49,6 +49,13 @@ class Seen:
         self.outcome = outcome
         self.streams = streams
         self._trace: Trace | bool | None = False
+        self._made: int | bool | None = False
+
+    def made(self) -> int | None:
+        """program_bytes(case, outcome), computed once."""
+        if self._made is False:
+            self._made = program_bytes(self.case, self.outcome)
+        return self._made  # type: ignore[return-value]
 
     def trace(self) -> Trace | None:
         if self._trace is False:
@@ -162,14 +169,16 @@ def _provenance(seen: Seen) -> Iterator[str]:
     t = seen.trace()
     if t is None:
         return
-    made = program_bytes(seen.case, seen.outcome)
+    yield from t.disorder
+    if not (t.untraced or t.twice_bytes or t.delivered > t.accepted):
+        return  # everything traced once and within what was accepted: no budget to compute
+    made = seen.made()
     if made is not None and t.untraced > made:
         where = ", ".join(f"{ep} at byte {off} ({n} B)" for ep, off, n in t.untraced_at[:3])
         yield (f"{t.untraced} delivered bytes match no send, more than the {made} the program pushed or wrote "
                f"(with slack): {where}")
     if made is not None and t.untraced + t.twice_bytes > made:
         yield from t.twice
-    yield from t.disorder
     if made is not None and t.delivered > t.accepted + made:
         yield f"{t.delivered} bytes delivered, more than the {t.accepted} accepted plus {made} pushed"
 
@@ -186,10 +195,12 @@ def _accounting(seen: Seen) -> Iterator[str]:
 def _program_view(seen: Seen) -> Iterator[str]:
     if seen.streams is None:
         return
-    made = program_bytes(seen.case, seen.outcome)
     found = untraced_heads(seen.outcome, seen.streams)
+    if not found:
+        return
+    made = seen.made()
     n = sum(length for _, _, length in found)
-    if found and made is not None and n > made:
+    if made is not None and n > made:
         where = ", ".join(f"runs[{i}] at byte {off} ({length} B)" for i, off, length in found[:3])
         yield f"the program read {n} bytes no send sent, more than the {made} it pushed or wrote: {where}"
 

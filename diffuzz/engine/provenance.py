@@ -89,8 +89,10 @@ def untraced_heads(outcome: Outcome, streams: Streams) -> list[tuple[int, int, i
         for base, known in _known_runs([run.head]):
             p = 0
             while len(known) - p >= MIN_RUN:
-                if _find(streams.by_sender, known[p:p + MIN_RUN]) is not None:
-                    p += 1
+                hit = _find(streams.by_sender, known[p:p + MIN_RUN])
+                if hit is not None:
+                    sender, off = hit
+                    p += _match_len(known, p, streams.by_sender[sender], off)
                     continue
                 q = _untraced_end(known, p, streams.by_sender)
                 if q - p >= MIN_RUN:
@@ -143,19 +145,19 @@ def _known_runs(parts: list[Data]) -> list[tuple[int, bytes]]:
 
 
 def _match_len(a: bytes, i: int, b: bytes, j: int) -> int:
-    """Length of the common prefix of a[i:] and b[j:] (chunked slice compares: C speed)."""
-    n = 0
+    """Length of the common prefix of a[i:] and b[j:]: the whole rest when it matches (the common
+    case), else a binary search with slice compares (C speed, log2 steps)."""
     limit = min(len(a) - i, len(b) - j)
-    step = 256
-    while n < limit:
-        k = min(step, limit - n)
-        if a[i + n:i + n + k] == b[j + n:j + n + k]:
-            n += k
-            continue
-        if step == 1:
-            break
-        step = max(1, step // 16)
-    return n
+    if a[i:i + limit] == b[j:j + limit]:
+        return limit
+    lo, hi = 0, limit  # a[i:i+lo] == b[j:j+lo]; a[i:i+hi] != b[j:j+hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[i:i + mid] == b[j:j + mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _trace(case: Case, outcome: Outcome, streams: dict[str, bytes], t: Trace) -> Trace:
