@@ -25,7 +25,10 @@ CASE = Case(pairs=1, inserts=(MapEntry(0, "c0"), MapEntry(1, "p0")), events=(Sen
 
 
 def _plant(text: str) -> None:
-    fd = os.open("/dev/kmsg", os.O_WRONLY)
+    try:
+        fd = os.open("/dev/kmsg", os.O_WRONLY)
+    except OSError as e:  # a container without the device, or without the right to write it
+        pytest.skip(f"cannot write the kernel log here: /dev/kmsg: {e.strerror}")
     try:
         os.write(fd, f"<4>{text}\n".encode())
     finally:
