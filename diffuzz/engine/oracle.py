@@ -33,10 +33,6 @@ class Verdict:
     # again, counted, not triaged anew.
     known: tuple[str, ...] = ()
 
-    @property
-    def invariant(self) -> bool:
-        return bool(self.kernel_broken)
-
 
 def judge(case: Case, kernel: Outcome, model: Outcome) -> Verdict:
     # The kernel's promises are checked on its own outcome, with one fact borrowed from the model,

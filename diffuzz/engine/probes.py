@@ -145,9 +145,6 @@ class ProfileChoice:
         """The probes ran and every behaviour they decided is the profile's."""
         return bool(self.probes) and not self.disagreements
 
-    def found(self) -> dict[str, bool | None]:
-        return {b: v for r in self.probes for b, v in r.found.items()}
-
     def how(self) -> str:
         """How the profile was chosen, in a few words (the first line of fuzz, reproduce)."""
         if not self.probes:
