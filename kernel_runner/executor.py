@@ -5,12 +5,14 @@ from a Backend (kernel_runner/backend.py), the sockets from topology.py, the fin
 drain.py, and the program's records are translated by records.py.
 
 Three rules shape the send path:
-- SIGPIPE and fresh threads: kernel_runner/send_thread.py (each send-kind event runs in a new
-  thread, and the thread that issued it takes its SIGPIPE back).
+- SIGPIPE and sender threads: kernel_runner/send_thread.py (each send-kind event runs in a new
+  thread, or in the named sender thread it names, and the thread that issued it takes its
+  SIGPIPE back).
 - Which event ran a program.  A record carries the tid of the thread that ran it; its task
-  is the index of the event whose thread has that tid ("?<tid>" for any other thread).  With
-  fresh threads every send has its own tid, so the records are read once, after the drain;
-  otherwise they are read after each send (the program runs only inside a send syscall).
+  is the index of the event whose thread has that tid ("?<tid>" for any other thread).  When
+  every send has a thread of its own, the records are read once, after the drain; otherwise
+  (named threads, or the worker's thread) they are read after each send (the program runs
+  only inside a send syscall).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from kernel_runner.backend import Backend, CaseProgram, RawRun
 from kernel_runner.drain import drain, fionread
 from kernel_runner.records import task_of, to_run
 from kernel_runner.send_thread import (
+    SenderThread,
     SendResult,
     in_fresh_thread,
     issue,
@@ -108,9 +111,21 @@ class _CaseRun:
         self.runs: list[Run] = []
         self.send = in_fresh_thread if case.fresh_thread else self._in_main_thread
         self.raw = ex.raw if case.fresh_thread else None
-        # fresh_thread: every send has a thread of its own, so a record's tid names its event and
-        # the records are read once, at the end (reading them costs a decode of all of them).
+        # Every send has a thread of its own: a record's tid names its event, and the records are
+        # read once, at the end (reading them costs a decode of all of them).
+        self.own_threads = case.fresh_thread and not case.shared_threads
         self.sender_of: dict[int, tuple[int, str]] = {}  # tid -> (event index, endpoint)
+        self.named: dict[int, SenderThread] = {}  # the case's named sender threads, by id
+
+    def _thread_for(self, ev: Any) -> Callable[..., SendResult] | None:
+        """The named sender thread that issues ev, started at its first send; None if ev names none."""
+        t = ev.thread
+        if t is None:
+            return None
+        runner = self.named.get(t)
+        if runner is None:
+            runner = self.named[t] = SenderThread()
+        return runner
 
     def _in_main_thread(self, call: Callable[..., int], *args: Any) -> SendResult:
         return issue(call, *args)
@@ -122,11 +137,15 @@ class _CaseRun:
         inserts = tuple(
             _ret(self.prog.insert(e.key, self.topo.socks[e.ep].fileno(), BPF_ANY)) for e in self.case.inserts
         )
-        events = [self.event(i, ev) for i, ev in enumerate(self.case.events)]
+        try:
+            events = [self.event(i, ev) for i, ev in enumerate(self.case.events)]
+        finally:
+            for runner in self.named.values():
+                runner.stop()
         self.topo.push_pending_frames()
         endpoints = drain(self.case, self.topo)
         run_count, raws = self.prog.runs()
-        if self.case.fresh_thread:
+        if self.own_threads:
             self._attribute_by_thread(raws)
         return Outcome(
             side="kernel",
@@ -148,7 +167,7 @@ class _CaseRun:
 
     def _sent(self, i: int, ep: str, result: SendResult) -> EventResult:
         ret, sigpipe, tid = result
-        if self.case.fresh_thread:
+        if self.own_threads:
             # Thread ids are handed out cyclically (pid_max apart), so none repeats within a case.
             self.sender_of[tid] = (i, ep)
         elif len(self.runs) < MAX_RUN_RECORDS:
@@ -181,15 +200,17 @@ class _CaseRun:
             return _EBADF
         payload = self.case.payload_for(i)
         flags = _flags(ev.flags, SEND_FLAGS)
-        if self.raw is not None:
+        named = self._thread_for(ev)
+        if self.raw is not None and named is None:
             return self._sent(i, ev.ep, self.raw.sendto(sock.fileno(), payload, flags))
-        return self._sent(i, ev.ep, self.send(sock.send, payload, flags))
+        return self._sent(i, ev.ep, (named or self.send)(sock.send, payload, flags))
 
     def on_sendmsg(self, i: int, ev: SendMsg) -> EventResult:
         sock = self._sock(ev.ep)
         if sock is None:
             return _EBADF
-        if self.raw is not None:
+        named = self._thread_for(ev)
+        if self.raw is not None and named is None:
             result = self.raw.sendmsg(sock.fileno(), self.case.payload_for(i), ev.iov, _flags(ev.flags, SEND_FLAGS))
             return self._sent(i, ev.ep, result)
         view = memoryview(self.case.payload_for(i))
@@ -198,7 +219,7 @@ class _CaseRun:
         for n in ev.iov:
             iov.append(view[pos : pos + n])
             pos += n
-        return self._sent(i, ev.ep, self.send(sock.sendmsg, iov, (), _flags(ev.flags, SEND_FLAGS)))
+        return self._sent(i, ev.ep, (named or self.send)(sock.sendmsg, iov, (), _flags(ev.flags, SEND_FLAGS)))
 
     def on_sendfile(self, i: int, ev: SendFile) -> EventResult:
         sock = self._sock(ev.ep)
@@ -209,10 +230,11 @@ class _CaseRun:
         fd = os.memfd_create("diffuzz-sendfile", os.MFD_CLOEXEC)
         try:
             _write_all(fd, self.case.payload_for(i))
-            if self.raw is not None:
+            named = self._thread_for(ev)
+            if self.raw is not None and named is None:
                 result = self.raw.sendfile(sock.fileno(), fd, ev.len)
             else:
-                result = self.send(sendfile, sock.fileno(), fd, ev.len)
+                result = (named or self.send)(sendfile, sock.fileno(), fd, ev.len)
         finally:
             os.close(fd)
         return self._sent(i, ev.ep, result)
@@ -235,10 +257,11 @@ class _CaseRun:
             os.close(pipe_w)
             pipe_w = -1
             flags = _flags(ev.flags, SPLICE_FLAGS)
-            if self.raw is not None:
+            named = self._thread_for(ev)
+            if self.raw is not None and named is None:
                 result = self.raw.splice(pipe_r, sock.fileno(), ev.len, flags)
             else:
-                result = self.send(splice, pipe_r, sock.fileno(), ev.len, flags)
+                result = (named or self.send)(splice, pipe_r, sock.fileno(), ev.len, flags)
         finally:
             os.close(pipe_r)
             if pipe_w >= 0:

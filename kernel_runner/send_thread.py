@@ -13,6 +13,11 @@ Two rules of the send path (kernel_runner/executor.py runs the events):
   2-CPU test VM with the worker pinned: about 30 us per raw thread, 45 us per Python thread
   (60-120 us and a 3-5 ms 99th percentile unpinned); tests/kernel/test_worker.py checks the
   two give identical outcomes.
+- Named sender threads (a send's `thread`, diffuzz/contract/events.py).  Every send that names
+  thread N is issued by one SenderThread, created at that thread's first send (its task_frag is
+  empty until then, as if it had started with the case) and kept until the case ends, so its
+  sends share its page frag.  It is a Python thread that waits on a lock between sends: waiting
+  allocates nothing from task_frag, so only the case's own sends touch the frag.
 """
 
 from __future__ import annotations
@@ -82,6 +87,50 @@ def in_fresh_thread(call: Callable[..., int], *args: Any) -> SendResult:
     if isinstance(box[0], BaseException):
         raise box[0]
     return box[0]
+
+
+class SenderThread:
+    """One named sender thread of a case (module docstring): issues its sends in order."""
+
+    def __init__(self) -> None:
+        self._go = _thread.allocate_lock()
+        self._go.acquire()
+        self._done = _thread.allocate_lock()
+        self._done.acquire()
+        self._job: tuple[Callable[..., int], tuple[Any, ...]] | None = None
+        self._box: Any = None
+        self._alive = True
+        _thread.start_new_thread(self._body, ())
+
+    def _body(self) -> None:
+        while True:
+            self._go.acquire()
+            job = self._job
+            if job is None:
+                self._done.release()
+                return
+            try:
+                self._box = issue(job[0], *job[1])
+            except BaseException as e:  # a bug, not a syscall error: hand it to the worker thread
+                self._box = e
+            self._done.release()
+
+    def __call__(self, call: Callable[..., int], *args: Any) -> SendResult:
+        self._job = (call, args)
+        self._go.release()
+        self._done.acquire()
+        box, self._box = self._box, None
+        if isinstance(box, BaseException):
+            raise box
+        return box  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        """End the thread (it returns from its body) and wait until it has."""
+        if self._alive:
+            self._alive = False
+            self._job = None
+            self._go.release()
+            self._done.acquire()
 
 
 # ---- raw send threads: a pthread that runs one syscall and never touches Python ------------------

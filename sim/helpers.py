@@ -277,16 +277,19 @@ def bpf_prog_run(world: World, sk: Sock, msg: SkMsg) -> int:
         elif t is PushData:
             rc = bpf_msg_push_data(msg, step.start, step.len, step.flags)
             if rc == 0 and step.len & U32:
+                msg.reset_curr()
                 win_start, win_len, known = 0, msg.first_len(), pinned
                 sk.acct[1] += step.len & U32
         elif t is PopData:
             rc = bpf_msg_pop_data(msg, step.start, step.len, step.flags)
             if rc == 0 and step.len & U32:
+                msg.reset_curr()
                 win_start, win_len, known = 0, msg.first_len(), pinned
                 sk.acct[2] += step.len & U32
         elif t is PullData:
             rc = bpf_msg_pull_data(msg, step.start, step.end, step.flags)
             if rc == 0:
+                msg.reset_curr()
                 win_start = step.start & U32
                 win_len = (step.end & U32) - win_start
                 known = True

@@ -39,6 +39,7 @@ class Profile:
 STALE_SK_REDIR = "stale_sk_redir"
 FIONREAD_INGRESS_MSG = "fionread_ingress_msg"
 FIONREAD_TCP_INQ = "fionread_tcp_inq"
+MEMCOPY_RETURNS_COPIED = "memcopy_returns_copied"
 
 BEHAVIOURS: dict[str, Behaviour] = {b.name: b for b in (
     Behaviour(
@@ -70,17 +71,28 @@ BEHAVIOURS: dict[str, Behaviour] = {b.name: b for b in (
         "Debian 6.12.115, in linux-source-6.12 6.12.117's tcp_bpf.c); both 6.18.44 builds lack it",
         "spec §7.4 (7.2.13, selftest 'sockmap no_verdict fionread'); docs/kernel-notes.md N13",
     ),
+    Behaviour(
+        MEMCOPY_RETURNS_COPIED,
+        "sk_msg_memcopy_from_iter returns the bytes it copied (or -ENOSPC when its first step meets sg.end), "
+        "and tcp_bpf_sendmsg adds that count to copied and jumps to out_err keeping err (sk_msg_alloc's "
+        "result, 0 after a coalescing alloc) when it fails; without it, the copy returns its last chunk's "
+        "length, copied grows by what was reserved, and a failed copy's -ENOSPC is the syscall's error",
+        "in Debian's linux-source-7.2 7.2.13 skmsg.c / tcp_bpf.c and observed on 6.18.44-fc-v669; not in "
+        "6.12.117 (docs/kernel-notes.md N14). Both 6.18.44 profiles have it (fc-v1045 by its release, not "
+        "measured)",
+        "corpus/seeds/T06_coalesce_after_partial_push_returns_0.json; docs/kernel-notes.md N14",
+    ),
 )}
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (
     Profile(
         "6.18.44-v657",
-        frozenset({STALE_SK_REDIR, FIONREAD_INGRESS_MSG}),
+        frozenset({STALE_SK_REDIR, FIONREAD_INGRESS_MSG, MEMCOPY_RETURNS_COPIED}),
         "Linux 6.18.44 as first measured (build fc-v657; fc-v669 probes the same): the spec's kernel",
     ),
     Profile(
         "6.18.44-v1045",
-        frozenset({FIONREAD_INGRESS_MSG}),
+        frozenset({FIONREAD_INGRESS_MSG, MEMCOPY_RETURNS_COPIED}),
         "Linux 6.18.44 build fc-v1045: a redirect target left on the message by an earlier run is ignored",
     ),
 )}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sim.sk_msg import SkMsg
 
@@ -18,13 +18,36 @@ SK_REDIRECT = 3
 
 class IngressMsg:
     """One message on psock->ingress_msg: its bytes in order (element boundaries inside an
-    ingress message are not observable; §7.2 copies across them)."""
+    ingress message are not observable; §7.2 copies across them).  `pieces`: its elements as
+    [page, bytes left, length], for the page references they hold (sim/page_frag.py)."""
 
-    __slots__ = ("data", "unk")
+    __slots__ = ("data", "pieces", "unk")
 
-    def __init__(self, data: bytes, unk: list[tuple[int, int]]) -> None:
+    def __init__(self, data: bytes, unk: list[tuple[int, int]], pieces: list[list[Any]] | None = None) -> None:
         self.data = data
         self.unk = unk
+        self.pieces = pieces or []
+
+    def consume(self, n: int) -> None:
+        """sk_msg_recvmsg read n bytes: an element read to its end puts its page."""
+        pieces = self.pieces
+        while n > 0 and pieces:
+            piece = pieces[0]
+            take = min(n, piece[1])
+            piece[1] -= take
+            n -= take
+            if not piece[1]:
+                pieces.pop(0)
+                if piece[0] is not None:
+                    piece[0].held -= piece[2]
+
+    def let_go(self) -> None:
+        """The psock is destroyed after an RCU grace period: these references go at a time
+        the case does not fix (sim/page_frag.py)."""
+        for page, _, length in self.pieces:
+            if page is not None:
+                page.loose += length
+        self.pieces = []
 
 
 class Psock:
@@ -71,7 +94,10 @@ def sk_psock_drop(psock: Psock) -> None:
     psock.tx_enabled = False
     if psock.cork is not None:
         psock.sk.acct[4] += psock.cork.size  # corked bytes are never sent (W18)
+        psock.cork.sk_msg_free()  # sk_psock_cork_free, at once: its pages are put
     psock.cork = None
+    for m in psock.ingress_msg:
+        m.let_go()
     psock.ingress_msg = []
     psock.msg_tot_len = 0
     psock.sk_redir = None

@@ -12,6 +12,7 @@ element, or None when every byte is known.  No per-byte Python loops.
 from __future__ import annotations
 
 MAX_MSG_FRAGS = 17  # MAX_SKB_FRAGS on 6.18 (spec §0.4)
+NR_MSG_FRAG_IDS = MAX_MSG_FRAGS + 1  # ring slots: one more than the elements it may hold
 
 Ranges = list[tuple[int, int]] | None
 
@@ -74,13 +75,21 @@ class Page:
     put_page site above empties or retires the element), so "held == 0" is the kernel's
     "page_ref_count == 1".  Bytes handed to TCP or to an ingress queue are never subtracted:
     within one syscall (the life of a fresh thread's frag, spec §2.2) the events of a case
-    never read them, so their references stay.
+    never read them, so their references stay.  A named thread's frag lives across sends: then
+    a receiver that consumes them lets go of them, exactly for ingress messages
+    (sk_msg_recvmsg puts an element's page once it is read), and loosely for TCP (see below).
+
+    With named sender threads (sim/page_frag.py) a page outlives its send, and some holders let
+    go at a time the kernel does not fix: `loose` counts the held bytes whose holder may already
+    be gone (an skb whose receiver read or purged its queue since, waiting only for its ACK or
+    a deferred free; the ingress messages of a psock destroyed after an RCU grace period).
     """
 
-    __slots__ = ("held",)
+    __slots__ = ("held", "loose")
 
     def __init__(self) -> None:
         self.held = 0
+        self.loose = 0
 
 
 class Elem:
@@ -123,9 +132,14 @@ def concat(parts: list[Elem]) -> Elem:
 class SkMsg:
     """struct sk_msg: elements plus the metadata the helpers set (spec §1.3).
 
-    Metadata is not reset between program runs on the same struct (spec §1.5)."""
+    Metadata is not reset between program runs on the same struct (spec §1.5).
 
-    __slots__ = ("apply_bytes", "cork_bytes", "elems", "flags", "grown", "size", "sk_redir")
+    `curr` and `copybreak` are sg.curr and sg.copybreak: where sk_msg_memcopy_from_iter writes
+    next.  `curr` is a ring position relative to sg.start (0 .. NR_MSG_FRAG_IDS - 1: the
+    elements are 0 .. len - 1, the free slots after them), so it moves back when elements leave
+    the front and stays put when they are added at the end, as the slot index does."""
+
+    __slots__ = ("apply_bytes", "copybreak", "cork_bytes", "curr", "elems", "flags", "grown", "size", "sk_redir")
 
     def __init__(self) -> None:
         self.elems: list[Elem] = []
@@ -134,6 +148,8 @@ class SkMsg:
         self.cork_bytes = 0  # u32
         self.flags = 0  # u64: flags of the last successful redirect helper
         self.sk_redir: object | None = None  # the target socket of that redirect
+        self.curr = 0
+        self.copybreak = 0
         # Not a kernel field: bytes the program runs on this struct added (push) or removed (pop)
         # since it was last freed, so the DROP branch can tell when its arithmetic is K3's.
         self.grown = 0
@@ -150,6 +166,8 @@ class SkMsg:
             e.put(len(e.data))  # sk_msg_free_elem: put_page
         self.elems = []
         self.size = 0
+        self.curr = 0
+        self.copybreak = 0
         self.apply_bytes = 0
         self.cork_bytes = 0
         self.flags = 0
@@ -166,6 +184,7 @@ class SkMsg:
             ln = len(e.data)
             if ln <= n:
                 out.append(elems.pop(0))
+                self.curr = (self.curr - 1) % NR_MSG_FRAG_IDS  # sg.start moved past the slot
                 n -= ln
                 self.size -= ln
             else:
@@ -175,6 +194,45 @@ class SkMsg:
                 self.size -= n
                 n = 0
         return out
+
+    def trim(self, size: int) -> None:
+        """sk_msg_trim(msg, size): cut the message back to size bytes from the end (the page
+        frag's offset stays where it was), then move curr back inside it."""
+        cut = self.size - size
+        if cut <= 0:
+            return
+        self.size = size
+        elems = self.elems
+        shortened = False
+        while cut:
+            e = elems[-1]
+            ln = len(e.data)
+            if cut >= ln:
+                e.put(ln)
+                elems.pop()
+                cut -= ln
+            else:
+                elems[-1] = e.slice(0, ln - cut)
+                e.put(cut)
+                cut = 0
+                shortened = True
+        count = len(elems)
+        if shortened and self.curr == count - 1 and self.copybreak > len(elems[-1].data):
+            self.copybreak = len(elems[-1].data)
+        if not self.size:
+            self.curr = self.copybreak = 0
+        elif self.curr >= count:
+            self.curr = count - 1
+            self.copybreak = len(elems[-1].data)
+
+    def reset_curr(self) -> None:
+        """sk_msg_reset_curr (net/core/filter.c): after a pull, and a push or pop of > 0
+        bytes, the next copy goes after the last byte."""
+        if self.elems:
+            self.curr = len(self.elems) - 1
+            self.copybreak = len(self.elems[-1].data)
+        else:
+            self.curr = self.copybreak = 0
 
     def first_len(self) -> int:
         """data_end - data as sk_msg_compute_data_pointers leaves it: the first element,

@@ -23,7 +23,9 @@ Decisions taken where the spec leaves room (each from the kernel source; see the
   SO_LINGER 0 purges them.  Data reaching a socket in FIN_WAIT with RCV_SHUTDOWN (closed, or
   shut down both ways) resets both ends.  (sim/tcp.py)
 - Window sizes are reported only with fresh_thread (pinned page-frag layout) or after a
-  successful pull; the bytes always follow the pinned layout.  (sim/page_frag.py)
+  successful pull; the bytes always follow the pinned layout.  Named sender threads keep
+  their frag across sends; where the layout then depends on when TCP frees what was read, the
+  notes say `layout_doubt` (the first send concerned).  (sim/page_frag.py)
 - A send whose more_data loop cannot end is reported as a hang.  (sim/tcp_bpf.py)
 - sockopts (SO_SNDBUF / SO_RCVBUF) are ignored: buffers are unlimited.  (sim/tcp.py)
 """
@@ -49,10 +51,10 @@ from diffuzz.contract.case import (
 )
 from diffuzz.contract.outcome import Data, Endpoint, EventResult, Outcome, Ret, errno_ret
 from sim.helpers import ModelHang
-from sim.page_frag import PageFrag
+from sim.page_frag import PageFrag, tcp_copy_to_frag
 from sim.profile import REFERENCE, Profile
 from sim.splice import do_sendfile, do_splice
-from sim.tcp import Sock, release_sock, tcp_close, tcp_sendmsg_locked, tcp_shutdown
+from sim.tcp import Sock, release_sock, tcp_close, tcp_let_go, tcp_sendmsg_locked, tcp_shutdown
 from sim.tcp_bpf import tcp_bpf_ioctl_inq, tcp_bpf_recvmsg, tcp_bpf_sendmsg
 from sim.world import World
 
@@ -73,19 +75,27 @@ def _note_k2(w: World, r: int) -> None:
 
 def _notes(w: World, **more: object) -> dict[str, object]:
     notes: dict[str, object] = {"profile": w.profile.name, **more}
+    if w.layout_doubt is not None:
+        # A named thread's refill met a page only loose references hold (sim/page_frag.py): from
+        # this send on, the kernel's layout is not fixed by the case.
+        notes["layout_doubt"] = w.layout_doubt
     if w.kernel_bugs:
         notes["kernel_bugs"] = sorted(w.kernel_bugs)
     return notes
 
 
-def sock_sendmsg(w: World, sk: Sock, data: bytes, flags: int) -> int:
+def sock_sendmsg(w: World, sk: Sock, data: bytes, flags: int, splice_pages: bool = False) -> int:
     """sock_sendmsg -> sk->sk_prot->sendmsg: tcp_bpf_sendmsg for config TX (a psock
-    that captured the program, §1.1), else plain tcp_sendmsg."""
+    that captured the program, §1.1), else plain tcp_sendmsg.  splice_pages: the bytes come
+    from a pipe (sendfile, splice: MSG_SPLICE_PAGES), which plain TCP takes by reference, not
+    by copying into the task frag; tcp_bpf_sendmsg copies them either way."""
     psock = sk.psock
     if psock is not None and psock.prog:
         ret = tcp_bpf_sendmsg(w, sk, data, flags)
     else:
         ret = tcp_sendmsg_locked(w.sig, sk, data, None, flags)
+        if ret > 0 and w.named and not splice_pages:
+            tcp_copy_to_frag(w.frag, sk, ret)  # the same task frag (a fresh one is thrown away)
     # Both take the socket lock for one call: the RST that call's segments provoked is
     # processed at its release_sock, so a splice/sendfile's next sock_sendmsg of the same
     # syscall already finds the socket reset.
@@ -100,14 +110,21 @@ def send_event(w: World, i: int, ev: SendEvent, kind: str, flags: int) -> EventR
         return _EBADF
     w.task = i
     w.sig[0] = False
-    w.frag = PageFrag()  # fresh thread: an empty task_frag (§2.2)
+    t = ev.thread
+    w.named = t is not None
+    if t is None:
+        w.frag = PageFrag()  # a thread of its own: an empty task_frag (§2.2)
+    else:
+        w.frag = w.frags.get(t) or w.frags.setdefault(t, PageFrag())  # a named thread's frag
     if kind == "sendmsg":
         ret = sock_sendmsg(w, sk, data, flags)
     else:
         def sendmsg(chunk: bytes, msg_flags: int) -> int:
-            return sock_sendmsg(w, sk, chunk, msg_flags)
+            return sock_sendmsg(w, sk, chunk, msg_flags, True)
 
         ret = do_sendfile(sendmsg, data) if kind == "sendfile" else do_splice(sendmsg, data, bool(flags))
+    if w.frag.doubt and w.layout_doubt is None:
+        w.layout_doubt = i
     w.settle()
     return EventResult(ret=_ret(ret), sigpipe=w.sig[0])
 
@@ -142,8 +159,11 @@ def event(w: World, i: int, ev: object) -> EventResult:
         return _EBADF
     if t is Recv:
         w.push_pending_frames()
+        queued = len(sk.rq.buf)
         r, data, unk = tcp_bpf_recvmsg(sk, ev.len, ev.peek)  # type: ignore[attr-defined]
         _note_k2(w, r)
+        if len(sk.rq.buf) < queued:
+            tcp_let_go(sk.peer)  # TCP data read: its skbs may be freed from now on
         if r < 0:
             return EventResult(ret=errno_ret(-r))
         return EventResult(ret=r, data=Data(data, tuple(unk)))
@@ -156,6 +176,8 @@ def event(w: World, i: int, ev: object) -> EventResult:
         w.push_pending_frames()  # the runner does this first (docs/execution.md)
         # sock_map_close: out of every map first (psock teardown, §9.2), then tcp_close.
         w.map.remove_sock(sk)
+        tcp_let_go(sk)  # queues purged, here or at the peer's reset
+        tcp_let_go(sk.peer)
         tcp_close(sk, ev.rst)  # type: ignore[attr-defined]
         w.settle()
         return EventResult(ret=None)

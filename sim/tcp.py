@@ -141,6 +141,7 @@ class Sock:
         "send_shutdown",
         "sk_err",
         "state",
+        "tx_pages",
         "wq",
     )
 
@@ -164,6 +165,9 @@ class Sock:
         # [accepted into messages, pushed by helpers, popped by helpers, handed to TCP or an
         # ingress queue, freed (DROP, errors, cork leftovers, teardown)].
         self.acct = [0, 0, 0, 0, 0]
+        # Page-frag pages (sim/sk_msg.py Page) whose bytes this socket's skbs hold, and how many:
+        # a named sender thread's later sends depend on them (sim/page_frag.py).
+        self.tx_pages: dict[Any, int] = {}
 
 
 def sock_error(sk: Sock) -> int:
@@ -183,6 +187,22 @@ def sk_stream_error(world_sig: list[bool], sk: Sock, flags: int, err: int) -> in
     return err
 
 
+def tcp_took(sk: Sock, page: Any, n: int) -> None:
+    """TCP on sk now holds n bytes of a page-frag page (sim/sk_msg.py Page: an skb frag).  Pages
+    from alloc_pages (push, pop, pull copies) are not the frag's (None) and are not followed."""
+    if page is not None:
+        tx = sk.tx_pages
+        tx[page] = tx.get(page, 0) + n
+
+
+def tcp_let_go(sk: Sock) -> None:
+    """Whatever sk's TCP holds may be freed from now on (sim/page_frag.py): its receiver read
+    or purged, a socket closed, or a reset purged the queues."""
+    for page, n in sk.tx_pages.items():
+        page.loose += n
+    sk.tx_pages.clear()
+
+
 def tcp_reset(sk: Sock) -> None:
     """tcp_reset + tcp_done: the error depends on the state; the receive queue stays readable."""
     if sk.state == CLOSE:
@@ -191,6 +211,9 @@ def tcp_reset(sk: Sock) -> None:
     sk.state = CLOSE
     sk.wq = WriteQueue()  # tcp_write_queue_purge
     sk.send_shutdown = sk.rcv_shutdown = True
+    tcp_let_go(sk)  # its skbs are purged, and the peer's answer may have dropped their clones
+    if sk.peer is not None:
+        tcp_let_go(sk.peer)
 
 
 def release_sock(sk: Sock) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sim.helpers import SK_PASS, U32, ModelHang, bpf_prog_run
-from sim.page_frag import sk_msg_alloc
+from sim.page_frag import reserved_start, sk_msg_alloc, sk_msg_memcopy_from_iter
 from sim.psock import (
     SK_DROP_EVAL,
     SK_NONE,
@@ -17,7 +17,7 @@ from sim.psock import (
     sk_msg_apply_bytes,
     sk_psock_queue_msg,
 )
-from sim.sk_msg import SkMsg, add_ranges, clip_ranges
+from sim.sk_msg import NR_MSG_FRAG_IDS, SkMsg, add_ranges, clip_ranges
 from sim.tcp import (
     EAGAIN,
     EPIPE,
@@ -27,6 +27,7 @@ from sim.tcp import (
     sk_stream_error,
     tcp_recvmsg,
     tcp_sendmsg_locked,
+    tcp_took,
 )
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 EACCES = 13
 EFAULT = 14
+ENOSPC = 28
 
 
 def s32(x: int) -> int:
@@ -88,11 +90,13 @@ def tcp_bpf_push(w: World, sk: Sock, msg: SkMsg, apply_bytes: int, flags: int) -
             r = tcp_sendmsg_locked(w.sig, sk, e.data[:size], clip_ranges(e.unk, 0, size), flags | MSG_MORE)
         if r <= 0:
             return r
+        tcp_took(sk, e.page, r)
         msg.size -= r
         if apply:
             apply_bytes -= r
         if r == ln:
             elems.pop(0)
+            msg.curr = (msg.curr - 1) % NR_MSG_FRAG_IDS  # sg.start moved past the slot
             if not elems:
                 break
         else:
@@ -113,7 +117,7 @@ def bpf_tcp_ingress(w: World, sk: Sock, psock: Psock, msg: SkMsg, apply_bytes: i
         add_ranges(unk, p.unk, pos)
         pos += len(p.data)
     data = parts[0].data if len(parts) == 1 else b"".join(p.data for p in parts)
-    sk_psock_queue_msg(psock, IngressMsg(data, unk))
+    sk_psock_queue_msg(psock, IngressMsg(data, unk, [[p.page, len(p.data), len(p.data)] for p in parts if p.data]))
     return 0
 
 
@@ -263,14 +267,35 @@ def tcp_bpf_sendmsg(w: World, sk: Sock, data: bytes, flags: int) -> int:
     copied = 0
     err = 0
     pos = 0
+    stalls = 0
     while pos < size:
         if sk.sk_err:
             err = -sk.sk_err  # not cleared here: every later send sees it too (§9.5)
             break
         msg = psock.cork if psock.cork is not None else SkMsg()
+        count = len(msg.elems)
+        last_len = len(msg.elems[-1].data) if count else 0
+        osize = msg.size
         got, enospc = sk_msg_alloc(msg, data, pos, size - pos, w.frag)
-        pos += got
-        copied += got
+        fail, wrote = sk_msg_memcopy_from_iter(msg, data, pos, got, reserved_start(msg, count, last_len),
+                                               w.kernel_bugs)
+        if fail:
+            if got:
+                # Bytes were reserved (a coalescing alloc) but the copy starts past them: the
+                # stale sg.curr/copybreak of kernel bug K4; the send gives back 0 and nothing.
+                w.kernel_bugs.add("K4")
+            msg.trim(osize)
+            # memcopy_returns_copied (sim/profile.py): out_err keeps sk_msg_alloc's err, so after
+            # a coalescing alloc the syscall returns what it copied so far, or 0; before it, the
+            # copy's -ENOSPC is the error.
+            err = (-ENOSPC if enospc else 0) if w.memcopy_copied else fail
+            break
+        if not wrote:
+            stalls += 1
+            if stalls > 4:
+                raise ModelHang("the sendmsg loop copies nothing and the verdict frees no room (a full ring)")
+        pos += wrote  # the iterator moves by what was copied
+        copied += wrote if w.memcopy_copied else got
         sk.acct[0] += got
         if psock.cork_bytes:
             # The accounting subtracts the whole syscall size, not `got` (§3.1).
@@ -319,10 +344,11 @@ def sk_msg_recvmsg(psock: Psock, n: int, peek: bool) -> tuple[int, bytes, list[t
             idx += 1
             continue
         psock.msg_tot_len -= take
+        m.consume(take)
         if take == ln:
             q.pop(0)
         else:
-            q[0] = IngressMsg(m.data[take:], clip_ranges(m.unk, take, ln) or [])
+            q[0] = IngressMsg(m.data[take:], clip_ranges(m.unk, take, ln) or [], m.pieces)
     return copied, b"".join(out), unk
 
 

@@ -11,7 +11,14 @@ from __future__ import annotations
 from diffuzz.contract.case import ALPHABET, ApplyBytes, Case, CorkBytes, Redirect
 from diffuzz.contract.outcome import MAX_RUN_RECORDS, Run, RunContext
 from sim.page_frag import PageFrag
-from sim.profile import FIONREAD_INGRESS_MSG, FIONREAD_TCP_INQ, REFERENCE, STALE_SK_REDIR, Profile
+from sim.profile import (
+    FIONREAD_INGRESS_MSG,
+    FIONREAD_TCP_INQ,
+    MEMCOPY_RETURNS_COPIED,
+    REFERENCE,
+    STALE_SK_REDIR,
+    Profile,
+)
 from sim.sockmap import SockMap
 from sim.tcp import Sock, release_sock, tcp_push_pending_frames
 
@@ -33,9 +40,13 @@ class World:
         "ff_ok",
         "fionread",
         "frag",
+        "frags",
         "kernel_bugs",
         "last_prog",
+        "layout_doubt",
         "map",
+        "memcopy_copied",
+        "named",
         "pinned",
         "profile",
         "program",
@@ -52,6 +63,7 @@ class World:
         self.profile = profile
         # The profile's behaviours, read once: the hot path tests plain attributes.
         self.stale_sk_redir = profile.has(STALE_SK_REDIR)
+        self.memcopy_copied = profile.has(MEMCOPY_RETURNS_COPIED)
         self.fionread = (profile.has(FIONREAD_INGRESS_MSG), profile.has(FIONREAD_TCP_INQ))
         self.program = case.program
         self.last_prog = len(case.program) - 1
@@ -72,7 +84,10 @@ class World:
         self.runs: list[Run] = []
         self.run_count = 0
         self.sig = [False]  # SIGPIPE raised during the current syscall
-        self.frag = PageFrag()
+        self.frag = PageFrag()  # the frag of the send in progress
+        self.frags: dict[int, PageFrag] = {}  # named sender threads' frags (sim/page_frag.py)
+        self.named = False  # the send in progress is on a named thread
+        self.layout_doubt: int | None = None  # the first send whose layout is not fixed
         self.task = 0
         self.alpha_pos = 0  # bytes of the alphabet stream used by earlier sends
         self.alpha_seed = case.payload.seed if case.payload.pattern == "alphabet" else None

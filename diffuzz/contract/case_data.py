@@ -74,6 +74,17 @@ class Case:
         """Endpoint names: c<i> is the connecting side of pair i, p<i> the accepted side."""
         return tuple(f"{side}{i}" for i in range(self.pairs) for side in ("c", "p"))
 
+    def sender_thread(self, event_index: int) -> tuple[str, int]:
+        """Which thread issues send `event_index`: ("thread", N) for a named thread, shared by
+        every send that names N; ("event", i) for a thread of its own (events.py)."""
+        t = getattr(self.events[event_index], "thread", None)
+        return ("event", event_index) if t is None else ("thread", t)
+
+    @property
+    def shared_threads(self) -> bool:
+        """Some send names its thread (events.py), so a thread may issue several sends."""
+        return any(getattr(e, "thread", None) is not None for e in self.events)
+
     def invocation(self, run_index: int) -> Invocation:
         """Run i (counted over the whole case) runs step list min(i, last)."""
         return self.program[min(run_index, len(self.program) - 1)]
@@ -160,6 +171,8 @@ def _event_to_dict(event: Event) -> dict[str, Any]:
     out: dict[str, Any] = {"op": event.op}
     for f in fields(event):
         value = getattr(event, f.name)
+        if f.name == "thread" and value is None:
+            continue  # no thread named: a thread of its own (the format before threads)
         out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
 

@@ -39,6 +39,7 @@ from diffuzz.contract.limits import (
     MAX_SEND,
     MAX_SPLICE,
     MAX_STEPS,
+    MAX_THREADS,
     MAX_WRITE,
     PATTERNS,
     SEND_FLAGS,
@@ -209,20 +210,21 @@ class _CaseLoader:
         r = _Reader(value, path)
         op = r.get("op", _choice(EVENT_TYPES))
         size = _int_in(0, MAX_SEND)
+        thread = _int_in(0, MAX_THREADS - 1)
         event: Event
         if op == "send":
             event = Send(ep=r.get("ep", self.ep), len=r.get("len", size),
-                         flags=r.get("flags", self.flags(SEND_FLAGS), ()))
+                         flags=r.get("flags", self.flags(SEND_FLAGS), ()), thread=r.get("thread", thread, None))
         elif op == "sendmsg":
             event = SendMsg(ep=r.get("ep", self.ep), iov=r.get("iov", _list(size, MAX_IOV, 1)),
-                            flags=r.get("flags", self.flags(SEND_FLAGS), ()))
+                            flags=r.get("flags", self.flags(SEND_FLAGS), ()), thread=r.get("thread", thread, None))
             if event.size > MAX_SEND:
                 raise CaseError(r.sub("iov"), f"adds up to {event.size}, more than {MAX_SEND}")
         elif op == "sendfile":
-            event = SendFile(ep=r.get("ep", self.ep), len=r.get("len", size))
+            event = SendFile(ep=r.get("ep", self.ep), len=r.get("len", size), thread=r.get("thread", thread, None))
         elif op == "splice":
             event = Splice(ep=r.get("ep", self.ep), len=r.get("len", _int_in(0, MAX_SPLICE)),
-                           flags=r.get("flags", self.flags(SPLICE_FLAGS), ()))
+                           flags=r.get("flags", self.flags(SPLICE_FLAGS), ()), thread=r.get("thread", thread, None))
         elif op == "recv":
             event = Recv(ep=r.get("ep", self.ep), len=r.get("len", _int_in(0, MAX_RECV)),
                          peek=r.get("peek", _bool, False))
@@ -304,6 +306,10 @@ def case_from_dict(obj: Any) -> Case:
         meta=r.get("meta", meta, {}),
     )
     r.done()
+    if not case.fresh_thread and case.shared_threads:
+        first = next(i for i, e in enumerate(case.events) if getattr(e, "thread", None) is not None)
+        raise CaseError(f"events[{first}].thread", "names a sender thread, but fresh_thread is false (every send "
+                                                   "then runs on the worker's own thread)")
     return case
 
 

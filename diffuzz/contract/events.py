@@ -1,5 +1,10 @@
 """The events of a case: sends and everything that may happen between them (tagged by `op`).
 
+A send of any kind may name its sender thread (`thread`, a small integer): sends that name the
+same thread are issued by one thread, in event order, and share its page frag (spec §2.1); every
+such thread is new when the case starts.  A send that names none has a thread of its own
+(`Case.fresh_thread`, the pinned layout of spec §2.2).
+
 Part of the contract (diffuzz/contract/case.py gathers it): imports nothing else of the project.
 """
 
@@ -16,6 +21,7 @@ class Send:
     ep: str
     len: int
     flags: tuple[str, ...] = ()
+    thread: int | None = None
     op = "send"
 
     @property
@@ -30,6 +36,7 @@ class SendMsg:
     ep: str
     iov: tuple[int, ...]
     flags: tuple[str, ...] = ()
+    thread: int | None = None
     op = "sendmsg"
 
     @property
@@ -43,6 +50,7 @@ class SendFile:
 
     ep: str
     len: int
+    thread: int | None = None
     op = "sendfile"
 
     @property
@@ -57,6 +65,7 @@ class Splice:
     ep: str
     len: int
     flags: tuple[str, ...] = ()
+    thread: int | None = None
     op = "splice"
 
     @property

@@ -28,6 +28,7 @@ MAX_SEND = 1 << 20
 MAX_IOV = 64
 MAX_SPLICE = 1 << 16  # one user pipe of 16 page buffers holds at most this much
 MAX_RECV = 1 << 20
+MAX_THREADS = 16  # sender thread ids 0..15 (events.py)
 
 FAMILIES = ("ipv4", "ipv6")
 MAP_TYPES = ("sockmap", "sockhash")

@@ -62,6 +62,8 @@ from diffuzz.engine.zone import (
     SENDS_PER_SENDER_MAX,
     STANDARD_MIX,
     GenConfig,
+    Hits,
+    zone_layout,
     zone_more,
     zone_pushpop,
     zone_runs,
@@ -85,6 +87,15 @@ _ARG_CLASS = WeightTable([(0, 3), (1, 2), (2, 4), (3, 3), (4, 3), (5, 5), (6, 3)
 # Classes 0..6: 0, 1, size, size-1, size+1, 0..size, 2..16; then fixed edges; 11: any u64.
 _ARG_FIXED = (0, 1, 0, 0, 0, 0, 0, 1 << 31, U32, 1 << 32, U64)
 _SEND_FLAGS = (("MSG_MORE", 0.08), ("MSG_DONTWAIT", 0.1), ("MSG_NOSIGNAL", 0.1), ("MSG_EOR", 0.04))
+# Sender threads (diffuzz/contract/events.py): a thread per send (the pinned layout of spec §2.2),
+# one thread for every send, or a few threads shared at random; sends from one thread to several
+# sockets come with the last two.
+_LAYOUTS = WeightTable([("own", 4), ("one", 3), ("few", 3)])
+FEW_THREADS = 3
+# Now and then many small sends (a corked message's ring fills at 17 elements: spec §2.3).
+MANY_SENDS_P = 0.06
+MANY_SENDS = (17, 24)
+MANY_SEND_LEN = (1, 64)
 
 
 def _arg(ch: Chooser, sizes: list[int]) -> int:
@@ -106,21 +117,25 @@ def _arg(ch: Chooser, sizes: list[int]) -> int:
     return _ARG_FIXED[cls]
 
 
-def _push_len(ch: Chooser, sizes: list[int], deterministic: bool) -> int:
+def _push_len(ch: Chooser, sizes: list[int], deterministic: bool, hits: Hits) -> int:
     n = _arg(ch, sizes)
     low = n & U32
     if deterministic and PUSH_DETERMINISTIC_MAX < low < PUSH_ALWAYS_FAILS:
         # Between 4 KiB and 4 MiB the kernel's atomic allocation may or may not succeed.
+        hits.add("push_len")
         return n & 0xFFF
     return n
 
 
 class _Builder:
-    """State of one case under construction (which endpoints are closed, which keys are used)."""
+    """State of one case under construction (which endpoints are closed, which keys are used).
+    `hits`: the zone rules (zone.py) that changed this case, for the zone audit."""
 
-    def __init__(self, ch: Chooser, cfg: GenConfig) -> None:
+    def __init__(self, ch: Chooser, cfg: GenConfig, hits: Hits) -> None:
         self.ch = ch
         self.cfg = cfg
+        self.hits = hits
+        self.layout = "own"
 
     def build(self) -> Case:
         ch, cfg = self.ch, self.cfg
@@ -135,17 +150,18 @@ class _Builder:
         inserts, keys = self._inserts(eps, size, map_type)
         self.keys = keys
         in_map = [e.ep for e in inserts] or list(eps)
+        self.layout = ch.weighted(_LAYOUTS) if cfg.layouts else "own"
         events, sizes = self._events(eps, in_map)
         program = self._program(sizes, keys, size)
         if cfg.deterministic:
-            events, program = zone_runs(self.ch, events, program)
-            events = zone_splice(events, program)
+            events, program = zone_runs(self.ch, events, program, self.hits)
+            events = zone_splice(events, program, self.hits)
         # The traceable payload by default: the byte_provenance invariant needs it (engine/provenance.py).
         pattern = "alphabet" if ch.draw_bool(0.2) else "random"
         sockopts: tuple[SockOpt, ...] = ()
         if not cfg.deterministic and ch.draw_bool(0.2):
             sockopts = (SockOpt(ch.choose(eps), sndbuf=ch.draw_int(1, 1 << 20), rcvbuf=ch.draw_int(1, 1 << 20)),)
-        return Case(
+        case = Case(
             pairs=pairs,
             map=MapSpec(map_type, size),
             inserts=inserts,
@@ -155,6 +171,7 @@ class _Builder:
             payload=Payload(pattern, ch.draw_int(0, 1 << 16)),
             sockopts=sockopts,
         )
+        return zone_layout(case, self.hits) if cfg.deterministic else case
 
     # ---- topology ---------------------------------------------------------------------
 
@@ -186,7 +203,9 @@ class _Builder:
 
     def _events(self, eps: tuple[str, ...], in_map: list[str]) -> tuple[tuple[Event, ...], list[int]]:
         ch, cfg = self.ch, self.cfg
-        n_sends = ch.draw_int(*cfg.sends)
+        many = cfg.many_sends and ch.draw_bool(MANY_SENDS_P)
+        n_sends = ch.draw_int(*(MANY_SENDS if many else cfg.sends))
+        self.send_len = MANY_SEND_LEN if many else cfg.send_len
         n_others = ch.draw_int(*cfg.others)
         budget = cfg.max_total_bytes if cfg.deterministic else MAX_SEND * 4
         per_sender: dict[str, int] = {}
@@ -198,6 +217,7 @@ class _Builder:
                 n_sends -= 1
                 ep = ch.choose(in_map) if ch.draw_bool(0.92) else ch.choose(eps)
                 if cfg.deterministic and per_sender.get(ep, 0) >= SENDS_PER_SENDER_MAX:
+                    self.hits.add("sends_per_sender")
                     continue
                 ev = self._send(ep, budget)
                 if ev is None:
@@ -226,24 +246,36 @@ class _Builder:
         elif cfg.big_send_p and ch.draw_bool(cfg.big_send_p):
             n = ch.draw_int(32768 - 64, 33000)
         else:
-            n = ch.draw_int(*cfg.send_len)
+            n = ch.draw_int(*self.send_len)
         if n > budget:
+            if cfg.deterministic:
+                self.hits.add("total_bytes")
             if budget <= 0:
                 return None
             n = budget
         kind = ch.weighted(_SEND_KINDS)
+        thread = self._thread()
+        hits = self.hits
         if kind == "send":
-            return Send(ep, n, zone_more(self._flags(), n, "MSG_MORE"))
+            return Send(ep, n, zone_more(self._flags(), n, "MSG_MORE", hits), thread)
         if kind == "sendmsg":
             k = ch.draw_int(1, 4)
             cuts = sorted(ch.draw_int(0, n) for _ in range(k - 1))
             iov = tuple(b - a for a, b in zip([0, *cuts], [*cuts, n], strict=True))
-            return SendMsg(ep, iov, zone_more(self._flags(), n, "MSG_MORE"))
+            return SendMsg(ep, iov, zone_more(self._flags(), n, "MSG_MORE", hits), thread)
         if kind == "sendfile":
-            return SendFile(ep, n)
+            return SendFile(ep, n, thread)
         n = min(n, 1 << 16)
         flags = tuple(f for f, p in (("SPLICE_F_MORE", 0.1), ("SPLICE_F_NONBLOCK", 0.1)) if ch.draw_bool(p))
-        return Splice(ep, n, zone_more(flags, n, "SPLICE_F_MORE"))
+        return Splice(ep, n, zone_more(flags, n, "SPLICE_F_MORE", hits), thread)
+
+    def _thread(self) -> int | None:
+        """The sender thread of the next send, by the case's layout (_LAYOUTS)."""
+        if self.layout == "own":
+            return None
+        if self.layout == "one":
+            return 0
+        return self.ch.draw_int(0, FEW_THREADS - 1)
 
     def _flags(self) -> tuple[str, ...]:
         ch = self.ch
@@ -290,7 +322,7 @@ class _Builder:
         lists = [[self._step(sizes) for _ in range(ch.draw_int(*cfg.steps))]
                  for _ in range(ch.draw_int(*cfg.invocations))]
         if cfg.deterministic:
-            zone_pushpop(lists, cfg.max_total_bytes)
+            zone_pushpop(lists, cfg.max_total_bytes, self.hits)
         return tuple(Invocation(tuple(steps), ch.weighted(_VERDICTS)) for steps in lists)
 
     def _step(self, sizes: list[int]) -> Step:
@@ -313,7 +345,7 @@ class _Builder:
             return Redirect(key, ch.weighted(_REDIRECT_FLAGS))
         flags = 0 if ch.draw_bool(0.95) else ch.choose((1, U64))
         if kind == "push":
-            return PushData(_arg(ch, sizes), _push_len(ch, sizes, self.cfg.deterministic), flags)
+            return PushData(_arg(ch, sizes), _push_len(ch, sizes, self.cfg.deterministic, self.hits), flags)
         if kind == "pop":
             return PopData(_arg(ch, sizes), _arg(ch, sizes), flags)
         if kind == "pull":
@@ -322,9 +354,10 @@ class _Builder:
         return Write(ch.draw_int(0, min(sizes) + 1), ch.draw_int(0, (1 << 8 * n) - 1).to_bytes(n, "little"))
 
 
-def generate(ch: Chooser, config: GenConfig = DEFAULT) -> Case:
-    """One case from the chooser's decisions."""
-    return _Builder(ch, config).build()
+def generate(ch: Chooser, config: GenConfig = DEFAULT, hits: Hits | None = None) -> Case:
+    """One case from the chooser's decisions.  `hits` collects the names of the zone rules
+    that changed it (zone.py; the zone audit, bench/zone_audit.py)."""
+    return _Builder(ch, config, set() if hits is None else hits).build()
 
 
 def case_seed(seed: int, index: int) -> int:

@@ -8,8 +8,9 @@ passes go from coarse to fine and repeat until a whole round improves nothing:
    (delta debugging: chunks of half the list, then quarters, ... then single items, tried from
    the end, because the end of a case is the part least likely to matter for an early
    difference and deleting it keeps earlier event indexes stable);
-2. simplify kinds: sendmsg/sendfile/splice become send, flags go, verdicts become PASS, the
-   case becomes IPv4 / SOCKMAP / alphabet payload;
+2. simplify kinds: sendmsg/sendfile/splice become send, flags go, a send's named thread goes
+   (a thread of its own), verdicts become PASS, the case becomes IPv4 / SOCKMAP / alphabet
+   payload;
 3. shrink numbers: each toward 0, first trying the boundaries (0, 1, the value cut to u32,
    2^31, 2^32-1) because helper bugs live at boundaries and one lucky try saves a binary
    search, then a bounded binary search for the smallest value that still fails.
@@ -56,7 +57,9 @@ def complexity(case: Case) -> tuple[int, ...]:
         kinds += 0 if isinstance(ev, Send) else 1
         for f in fields(ev):
             v = getattr(ev, f.name)
-            if isinstance(v, bool):
+            if f.name == "thread":
+                kinds += v is not None  # a named sender thread is a kind, not a number
+            elif isinstance(v, bool):
                 numbers += v
             elif isinstance(v, int):
                 numbers += v
@@ -199,7 +202,10 @@ class Minimizer:
             ev = self.best.events[i] if i < len(self.best.events) else None
             if isinstance(ev, SendMsg | SendFile | Splice):
                 self.test(_with_event(self.best, i, Send(ev.ep, ev.size, getattr(ev, "flags", ()) if
-                                                         isinstance(ev, SendMsg) else ())))
+                                                         isinstance(ev, SendMsg) else (), ev.thread)))
+            ev = self.best.events[i] if i < len(self.best.events) else None
+            if getattr(ev, "thread", None) is not None:
+                self.test(_with_event(self.best, i, replace(ev, thread=None)))  # a thread of its own
             ev = self.best.events[i] if i < len(self.best.events) else None
             flags = getattr(ev, "flags", None)
             if isinstance(flags, tuple) and flags:
@@ -309,4 +315,4 @@ def _with_step_data(case: Case, j: int, k: int, n: int) -> Case:
 def _int_fields(obj: Any) -> list[tuple[str, int]]:
     """The plain integer fields of a step or event (bools excluded: they are kinds)."""
     return [(f.name, v) for f in fields(obj)
-            if isinstance(v := getattr(obj, f.name), int) and not isinstance(v, bool)]
+            if isinstance(v := getattr(obj, f.name), int) and not isinstance(v, bool) and f.name != "thread"]

@@ -39,7 +39,9 @@ def judge(case: Case, kernel: Outcome, model: Outcome) -> Verdict:
     # as compare.py's mask table does: which delivered bytes are pushed, never-written memory
     # (spec §6.5).  Such bytes often hold a page's earlier data, even another socket's dropped
     # bytes, and would read as sent twice or as sent by someone else.
-    masked = with_model_unknowns(kernel, model)
+    # Unless the model says its unknown bytes are a kernel bug's (K4: bytes the kernel reserved and
+    # never wrote): borrowing those would hide the very breach the bug is known for.
+    masked = kernel if _unknowns_are_a_bug(model) else with_model_unknowns(kernel, model)
     streams = sender_streams(case)
     kb = tuple(b for b in broken(case, masked, streams) if b.invariant != "termination" or not model.hang)
     mb = tuple(unexplained(case, model, streams))
@@ -49,6 +51,10 @@ def judge(case: Case, kernel: Outcome, model: Outcome) -> Verdict:
         return Verdict(own + diffs, frozenset(PREFIX + b.invariant for b in kb), kb, mb,
                        () if diffs else known_bugs(kb, model))
     return Verdict(diffs, diff_kinds(diffs), kb, mb)
+
+
+def _unknowns_are_a_bug(model: Outcome) -> bool:
+    return any("byte_provenance" in KNOWN_BUGS.get(bug, ()) for bug in model.notes.get("kernel_bugs", ()))
 
 
 def with_model_unknowns(out: Outcome, model: Outcome) -> Outcome:

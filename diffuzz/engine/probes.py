@@ -26,6 +26,7 @@ from diffuzz.engine.compare import compare
 from sim.profile import (
     FIONREAD_INGRESS_MSG,
     FIONREAD_TCP_INQ,
+    MEMCOPY_RETURNS_COPIED,
     PROFILES,
     REFERENCE,
     STALE_SK_REDIR,
@@ -81,6 +82,18 @@ PROBES: tuple[Probe, ...] = (
                      {"op": "send", "ep": "c0", "len": 5, "flags": []},
                      {"op": "fionread", "ep": "p0"}]),
         "FIONREAD(p0) with 3 bytes on ingress_msg and 5 in TCP's receive queue",
+    ),
+    Probe(
+        "memcopy_return",
+        (MEMCOPY_RETURNS_COPIED,),
+        # corpus/kernel-bugs/K4_partial_push_then_coalesce_send_returns_0.json: a one-byte send
+        # whose copy fails after a coalescing alloc returns 0 (err kept) or ENOSPC (the copy's).
+        _probe_case("memcopy_return",
+                    [{"steps": [{"op": "apply_bytes", "bytes": 1}], "verdict": "PASS"},
+                     {"steps": [{"op": "cork_bytes", "bytes": 2}], "verdict": "PASS"}],
+                    [{"op": "send", "ep": "c0", "len": 2, "flags": [], "thread": 0},
+                     {"op": "send", "ep": "c0", "len": 1, "flags": [], "thread": 0}]),
+        "what a send returns when sk_msg_memcopy_from_iter fails after a coalescing alloc: 0 or ENOSPC",
     ),
 )
 

@@ -19,10 +19,17 @@ a finding and not noise.  Each restriction, and the §10 row it answers:
   send blocks for good (measured: apply(1) with a push of 3692 bytes hung the worker), and runs
   past MAX_RUN_RECORDS (64) are not compared anyway.  The generator keeps small applies (the
   boundary 1 matters) by shrinking the sends, or raises the apply value.
-- At most 8 sends per sending socket (corked appends per cork <= 8).
+- At most 24 sends per sending socket, and at most 16 KiB of them with MSG_MORE (MORE_SEND_MAX
+  below: forced_push).  The ring-full corner this bound once avoided (a corked message's 17
+  elements, spec §2.3) is modelled now: the ENOSPC return, the flush that follows, and K4
+  (sim/page_frag.py sk_msg_memcopy_from_iter); the generator reaches it with many small sends.
 - No sockopts: SO_SNDBUF / SO_RCVBUF change when back-pressure starts (back-pressure row).
-- fresh_thread stays True: every send from a new thread pins the page-frag layout, so the model
-  can predict data_end - data (§2.2, first row).
+- fresh_thread stays True, and sends name their sender thread or have one of their own: either
+  way each thread's page frag starts empty with the case, and the model follows it (spec §2.1,
+  §2.2; sim/page_frag.py).  One thing a named thread's layout can depend on is timing: once a
+  receiver has read (or a close purged) TCP bytes from the thread's current page, the page is
+  free only after the ACK and the skb's (possibly deferred) free.  `zone_layout` gives such a
+  send a thread of its own instead (the model says which: notes["layout_doubt"]).
 - Receives may sit between sends: the runner pushes pending TCP frames and lets loopback settle
   before every recv/fionread (docs/execution.md), which removes the recv-timing row.
 With `deterministic=False` these limits are lifted (sizes up to the format's limits,
@@ -36,19 +43,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import sim
 from diffuzz.contract.case import (
     SEND_TYPES,
     U32,
     ApplyBytes,
     Case,
+    Close,
     CorkBytes,
     Event,
     Invocation,
+    MapDelete,
     PopData,
     PushData,
+    Recv,
     Send,
     SendFile,
     SendMsg,
+    Shutdown,
     Splice,
     Step,
 )
@@ -58,7 +70,8 @@ PUSH_DETERMINISTIC_MAX = 4096  # spec §6.5 / §10: larger pushes may fail with 
 PUSH_ALWAYS_FAILS = 8 << 20  # above 4 MiB the page block allocation always fails (§6.5)
 PUSHPOP_MAX = 6  # spec §10: push plus pop calls per message
 APPLY_RUNS_MAX = 64  # runs an apply_bytes window may cause (module docstring); = outcome.MAX_RUN_RECORDS
-SENDS_PER_SENDER_MAX = 8  # spec §10: corked appends per cork
+SENDS_PER_SENDER_MAX = 24  # sends per sending socket (the ring fills at 17: modelled, spec §2.3)
+MORE_BYTES_PER_SENDER = 16384  # MSG_MORE bytes per sender: below half the peer's window (forced_push)
 # MSG_MORE / SPLICE_F_MORE only on sends of at most this many bytes.  tcp_sendmsg_locked pushes
 # anyway once unpushed bytes pass half the peer's largest window (forced_push(), ~32 KiB on a
 # fresh loopback pair): TCP window state, not sk_msg semantics.  8 such sends stay below it.
@@ -66,6 +79,7 @@ MORE_SEND_MAX = 2048
 
 
 PUSHPOP_STEPS = (PushData, PopData)
+Hits = set[str]  # the names of the zone rules that changed a case (the zone audit, docs/zone.md)
 
 
 @dataclass(frozen=True)
@@ -82,15 +96,17 @@ class GenConfig:
     others: tuple[int, int] = (0, 5)  # non-send events between and after the sends
     deterministic: bool = True  # stay inside the spec §10 zone (module docstring)
     max_total_bytes: int = 40 * 1024
+    many_sends: bool = True  # now and then 17-24 small sends (generate.py MANY_SENDS_P)
+    layouts: bool = True  # sender thread layouts mixed (generate.py _LAYOUTS); else a thread per send
 
 
 DEFAULT = GenConfig()
 # The benchmarks' standard mix: 2 pairs, 1-4 steps per run, 5 sends of 1-4000 bytes.
 STANDARD_MIX = GenConfig(pairs=(2, 2), steps=(1, 4), sends=(5, 5), send_len=(1, 4000), big_send_p=0.0,
-                         zero_send_p=0.0, others=(0, 2))
+                         zero_send_p=0.0, others=(0, 2), many_sends=False, layouts=False)
 
 
-def zone_pushpop(lists: list[list[Step]], max_total_bytes: int) -> None:
+def zone_pushpop(lists: list[list[Step]], max_total_bytes: int, hits: Hits) -> None:
     """Apply the push/pop rule of the deterministic zone (module docstring)."""
     big = max_total_bytes + PUSHPOP_MAX * PUSH_DETERMINISTIC_MAX
     one_run_per_message = not any(
@@ -99,7 +115,10 @@ def zone_pushpop(lists: list[list[Step]], max_total_bytes: int) -> None:
         for s in steps
     )
     if not one_run_per_message:
-        lists[-1][:] = [s for s in lists[-1] if not isinstance(s, PUSHPOP_STEPS)]
+        kept = [s for s in lists[-1] if not isinstance(s, PUSHPOP_STEPS)]
+        if len(kept) < len(lists[-1]):
+            hits.add("pushpop_repeating")
+        lists[-1][:] = kept
     seen = 0
     for steps in lists:
         kept = []
@@ -107,12 +126,13 @@ def zone_pushpop(lists: list[list[Step]], max_total_bytes: int) -> None:
             if isinstance(s, PUSHPOP_STEPS):
                 seen += 1
                 if seen > PUSHPOP_MAX:
+                    hits.add("pushpop_max")
                     continue
             kept.append(s)
         steps[:] = kept
 
 
-def zone_runs(ch: Chooser, events: tuple[Event, ...], program: tuple[Invocation, ...]
+def zone_runs(ch: Chooser, events: tuple[Event, ...], program: tuple[Invocation, ...], hits: Hits
               ) -> tuple[tuple[Event, ...], tuple[Invocation, ...]]:
     """Apply the apply_bytes run bound of the deterministic zone (module docstring)."""
     applies = [s.bytes & U32 for inv in program for s in inv.steps if isinstance(s, ApplyBytes)]
@@ -124,6 +144,7 @@ def zone_runs(ch: Chooser, events: tuple[Event, ...], program: tuple[Invocation,
     room = APPLY_RUNS_MAX * a
     if sent + pushed <= room:
         return events, program
+    hits.add("apply_runs")
     if room > pushed and ch.draw_bool(0.5):
         # Keep the small apply; cut every send down in proportion (a send stays >= 1 byte).
         budget = room - pushed
@@ -159,9 +180,12 @@ def resized(e: Event, n: int) -> Event:
     return replace(e, len=n)
 
 
-def zone_more(flags: tuple[str, ...], n: int, more: str) -> tuple[str, ...]:
+def zone_more(flags: tuple[str, ...], n: int, more: str, hits: Hits) -> tuple[str, ...]:
     """Drop the MORE flag from a send larger than MORE_SEND_MAX (the zone keeps it small)."""
-    return tuple(f for f in flags if f != more) if n > MORE_SEND_MAX and more in flags else flags
+    if n > MORE_SEND_MAX and more in flags:
+        hits.add("more_size")
+        return tuple(f for f in flags if f != more)
+    return flags
 
 
 def splice_unsafe(program: tuple[Invocation, ...]) -> bool:
@@ -174,11 +198,49 @@ def splice_unsafe(program: tuple[Invocation, ...]) -> bool:
     return any(isinstance(s, PushData) for s in steps) and any(isinstance(s, ApplyBytes) for s in steps)
 
 
-def zone_splice(events: tuple[Event, ...], program: tuple[Invocation, ...]) -> tuple[Event, ...]:
+def zone_splice(events: tuple[Event, ...], program: tuple[Invocation, ...], hits: Hits) -> tuple[Event, ...]:
     """Turn splice/sendfile into send (same bytes) when the program is splice_unsafe."""
-    if not splice_unsafe(program):
+    if not splice_unsafe(program) or not any(isinstance(e, SendFile | Splice) for e in events):
         return events
-    return tuple(Send(e.ep, e.len) if isinstance(e, SendFile | Splice) else e for e in events)
+    hits.add("splice_k1")
+    return tuple(Send(e.ep, e.len, thread=e.thread) if isinstance(e, SendFile | Splice) else e for e in events)
+
+
+# Events after which a thread's page may be freed by timing: a read, a close, a psock torn down,
+# and a shutdown (data then meets a socket that answers with a reset, which purges queues).
+_LET_GO = (Recv, Close, MapDelete, Shutdown)
+
+
+def _may_let_go(case: Case) -> bool:
+    """A recv, close, map delete or shutdown comes before the last send of some named thread:
+    only then can a named thread's page be held by loose references (sim/page_frag.py; a
+    shutdown or close acts later too, through the reset a later send provokes).  A cheap test
+    that spares most cases the model run of `layout_doubt`."""
+    last = max((i for i, e in enumerate(case.events) if getattr(e, "thread", None) is not None), default=-1)
+    return any(isinstance(e, _LET_GO) for e in case.events[:last])
+
+
+def layout_doubt(case: Case) -> int | None:
+    """The first send whose page-frag layout the case does not fix (module docstring), or
+    None.  The reference profile decides: the profiles differ in where bytes go, not in how a
+    page is freed."""
+    if not case.shared_threads or not _may_let_go(case):
+        return None
+    doubt = sim.run(case).notes.get("layout_doubt")
+    return doubt if isinstance(doubt, int) else None
+
+
+def zone_layout(case: Case, hits: Hits) -> Case:
+    """Give each send whose layout is in doubt a thread of its own, until none is."""
+    for _ in range(len(case.events)):
+        i = layout_doubt(case)
+        if i is None:
+            break
+        hits.add("layout_doubt")
+        events = list(case.events)
+        events[i] = replace(events[i], thread=None)  # type: ignore[call-arg]
+        case = replace(case, events=tuple(events))
+    return case
 
 
 def zone_violation(case: Case, config: GenConfig = DEFAULT) -> str | None:
@@ -198,6 +260,9 @@ def zone_violation(case: Case, config: GenConfig = DEFAULT) -> str | None:
     for ep in case.endpoints():
         if sum(1 for e in sends if e.ep == ep) > SENDS_PER_SENDER_MAX:
             return f"more than {SENDS_PER_SENDER_MAX} sends from {ep}"
+        more = sum(e.size for e in sends if e.ep == ep and {"MSG_MORE", "SPLICE_F_MORE"} & set(getattr(e, "flags", ())))
+        if more > MORE_BYTES_PER_SENDER:
+            return f"{more} bytes with MORE from {ep}, more than {MORE_BYTES_PER_SENDER} (forced_push)"
     steps = [s for inv in case.program for s in inv.steps]
     if sum(isinstance(s, PUSHPOP_STEPS) for s in steps) > PUSHPOP_MAX:
         return f"more than {PUSHPOP_MAX} push/pop steps"
@@ -216,6 +281,10 @@ def zone_violation(case: Case, config: GenConfig = DEFAULT) -> str | None:
     a = min((s.bytes & U32 for s in steps if isinstance(s, ApplyBytes) and s.bytes & U32), default=0)
     if a and sent + pushed_bytes(case.program) > APPLY_RUNS_MAX * a:
         return f"apply_bytes {a} over {sent + pushed_bytes(case.program)} bytes: more than {APPLY_RUNS_MAX} runs"
+    doubt = layout_doubt(case)
+    if doubt is not None:
+        return (f"events[{doubt}]: its thread's page may or may not be free by then (TCP frees read bytes on "
+                "the ACK and a deferred skb free): the layout is timing")
     return None
 
 

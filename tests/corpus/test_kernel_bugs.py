@@ -67,5 +67,6 @@ def test_reproduce_exits_1_naming_the_promise_the_bug_breaks(path: Path) -> None
     if record["differences"]:
         pytest.skip(f"{path.stem}: kernel and model differ on this kernel: {record['differences'][0]['path']}")
     assert result.exit_code == 1, result.output
-    assert set(KNOWN_BUGS[bug_id]) <= {b["invariant"] for b in record["broken"]["kernel"]}
+    # A bug may break more than one promise (K4: bytes, or a send's return); each case shows one.
+    assert set(KNOWN_BUGS[bug_id]) & {b["invariant"] for b in record["broken"]["kernel"]}
     assert record["broken"]["model"] == [] and record["broken"]["model_copies"] == [bug_id]

@@ -233,7 +233,10 @@ def test_engine_saves_a_planted_bug(tmp_path: Any) -> None:
     # One planted bug can leave several buckets: the signature keeps the exact set of differing
     # fields and the helpers the minimized case still needs to show them.  A *typical* finding
     # is small (the brief's target), so at least 80% of the buckets must be.
+    # The known.* buckets hold documented kernel bugs met on the way: counted, never minimized,
+    # and not the planted bug's.
     small = 0
+    buckets = [b for b in buckets if not b.name.startswith("known.")]
     for b in buckets:
         case = load_case(str(b / "case.json"))
         sends = sum(isinstance(e, SEND_TYPES) for e in case.events)

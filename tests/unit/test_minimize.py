@@ -77,17 +77,24 @@ def test_sendmsg_becomes_send_when_the_kind_does_not_matter():
 
 
 def test_every_candidate_runs_once():
-    seen: list[Case] = []
-
-    def bug(c: Case) -> bool:
-        seen.append(c)
+    def pushes(c: Case) -> bool:
         return any(isinstance(s, PushData) for inv in c.program for s in inv.steps)
 
-    case = _first_where(lambda c: any(isinstance(s, PushData) for inv in c.program for s in inv.steps))
-    m = Minimizer(case, bug)
-    m.run()
-    assert len(seen) == len(set(seen)) == m.stats.calls
-    assert m.stats.cache_hits > 0 or m.stats.calls < 10
+    hits = 0
+    cases = [c for c in (random_case(21, i, BIG) for i in range(2000)) if pushes(c)][:60]
+    assert cases
+    for case in cases:
+        seen: list[Case] = []
+
+        def bug(c: Case, seen: list[Case] = seen) -> bool:
+            seen.append(c)
+            return pushes(c)
+
+        m = Minimizer(case, bug)
+        m.run()
+        assert len(seen) == len(set(seen)) == m.stats.calls
+        hits += m.stats.cache_hits
+    assert hits > 0, "no minimization asked for a candidate twice: the cache went untested"
 
 
 def test_twenty_send_case_reaches_target_size():
