@@ -32,6 +32,7 @@ from diffuzz.cli.common import (
     profile_option,
     run_kernel,
 )
+from diffuzz.cli.generate import generate as generate_command
 
 SIDES = ("kernel", "model")
 
@@ -288,6 +289,7 @@ def _unavailable(name: str, reason: str) -> click.Command:
 
 
 _add_optional_commands(main, "diffuzz.cli.fuzz", ("fuzz", "minimize"))
+main.add_command(generate_command, "generate")
 
 
 if __name__ == "__main__":  # python -m diffuzz.cli.commands, where the console script is not installed

@@ -95,7 +95,8 @@ def describe_event(event: Event) -> str:
     if op == "close" and event.rst:  # type: ignore[union-attr]
         parts.append("rst")
     parts.extend(getattr(event, "flags", ()) if op != "map_insert" else ())
-    return f"{op}({', '.join(parts)})"
+    thread = getattr(event, "thread", None)
+    return f"{op}({', '.join(parts)})" + (f" on thread {thread}" if thread is not None else "")
 
 
 def case_lines(path: str, case: Case) -> list[str]:
@@ -106,7 +107,8 @@ def case_lines(path: str, case: Case) -> list[str]:
         title,
         f"  {case.family}, {case.pairs} pair{'s' if case.pairs > 1 else ''} ({pairs}), {case.map.type} "
         f"of {case.map.size}, {case.payload.pattern} payload (seed {case.payload.seed}), "
-        + ("a fresh thread per send" if case.fresh_thread else "sends on the worker thread"),
+        + (("named sender threads, a fresh one for each other send" if case.shared_threads else
+            "a fresh thread per send") if case.fresh_thread else "sends on the worker thread"),
     ]
     for o in case.sockopts:
         bufs = ", ".join(f"{k}={v}" for k, v in (("SO_SNDBUF", o.sndbuf), ("SO_RCVBUF", o.rcvbuf)) if v is not None)

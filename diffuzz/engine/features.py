@@ -27,6 +27,10 @@ Features (the name prefixes, so a reader can decode a coverage report):
 - ``ingress_tcp:<order>``     one receiver got both ingress-redirected and TCP data; ``late``
                               when the ingress data came after TCP data (read first anyway, §7).
 - ``fionread``, ``eof``, ``unknown``, ``sigpipe``, ``hang``, ``end:<how>``.
+- ``layout:<own|one|few>``    the sender threads: a thread per send, one named thread, several.
+- ``win:coalesced``, ``win:split``  a flush whose first element holds bytes of two sends (a shared
+                              frag), and a run whose message starts near a page's end.
+- ``bug:<K>``                 the model copied documented kernel bug K (its notes).
 
 Cost: 9 us for a small case, about 22 us for a 10-event, 8-run case on the 2-core dev machine
 (docs/long-runs.md).  Keep it so: no per-byte work, one pass over runs and one over events.
@@ -54,6 +58,7 @@ _IDS: dict[str, int] = {}
 
 _HELPER_RC = {0: "ok", -22: "EINVAL", -12: "ENOMEM", -1: "skip", -7: "E2BIG", -28: "ENOSPC"}
 _VERDICT = {1: "P", 0: "D"}
+_PAGE = 32768  # a page-frag page (spec §2.2)
 
 
 def feature_id(name: str) -> int:
@@ -183,6 +188,11 @@ def feature_names(case: Case, outcome: Outcome) -> set[str]:
     # ---- events against the map/attach state they met ---------------------------------
     in_map = set(key_ep.values())
     member = dict(key_ep)
+    threads = {getattr(e, "thread", None) for e in case.events if isinstance(e, SEND_TYPES)}
+    named = len(threads - {None})
+    add("layout:own" if not named else "layout:one" if named == 1 and None not in threads else "layout:few")
+    for bug in outcome.notes.get("kernel_bugs", ()):
+        add(f"bug:{bug}")
     attached = True
     last_run: dict[str, int] = {}  # ep -> index of its latest run so far
     tcp_at: dict[str, int] = {}  # receiver -> event index of the first TCP data to it
@@ -217,6 +227,10 @@ def feature_names(case: Case, outcome: Outcome) -> set[str]:
                                 tcp_at.setdefault(peer[target[0]], idx)
                     if run.size_in > size:
                         add("cork_flush")
+                        if run.win_in is not None and run.win_in > size:
+                            add("win:coalesced")  # the corked bytes share an element with this send's
+                    elif run.win_in is not None and run.win_in < run.size_in <= _PAGE:
+                        add("win:split")  # the frag was part-used: the message starts near a page end
                 last_run[ep] = own[-1]
                 if redirected and ret == "EPIPE":
                     add("epipe_redir")

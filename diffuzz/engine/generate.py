@@ -207,6 +207,8 @@ class _Builder:
         n_sends = ch.draw_int(*(MANY_SENDS if many else cfg.sends))
         self.send_len = MANY_SEND_LEN if many else cfg.send_len
         n_others = ch.draw_int(*cfg.others)
+        # Many small sends mostly go to one socket: that is what fills a corked message's ring.
+        one_sender = ch.choose(in_map) if many and ch.draw_bool(0.7) else None
         budget = cfg.max_total_bytes if cfg.deterministic else MAX_SEND * 4
         per_sender: dict[str, int] = {}
         sizes: list[int] = []
@@ -216,6 +218,8 @@ class _Builder:
             if n_sends and (not n_others or ch.draw_int(0, n_sends + n_others - 1) < n_sends):
                 n_sends -= 1
                 ep = ch.choose(in_map) if ch.draw_bool(0.92) else ch.choose(eps)
+                if one_sender is not None:
+                    ep = one_sender
                 if cfg.deterministic and per_sender.get(ep, 0) >= SENDS_PER_SENDER_MAX:
                     self.hits.add("sends_per_sender")
                     continue
@@ -236,6 +240,8 @@ class _Builder:
         # The program sees sums of sends too (corked messages, leftover applies).
         if len(sizes) > 1:
             sizes.append(sizes[0] + sizes[1])
+        if many:
+            sizes.append(sum(sizes[:-1]))  # a cork_bytes or apply_bytes as large as everything sent
         return tuple(events), sizes
 
     def _send(self, ep: str, budget: int) -> Event | None:

@@ -162,6 +162,9 @@ BAD_FIELDS = [
     (("events", 0, "op"), ["send"], "events[0].op: must be one of send, sendmsg, sendfile, splice, recv, fionread, "
                                     "close, shutdown, map_delete, map_insert, detach, attach, got ['send']"),
     (("events", 0, "bogus"), 1, "events[0].bogus: unknown field"),
+    (("events", 0, "thread"), 16, "events[0].thread: must be in 0..15, got 16"),
+    (("events", 0, "thread"), "t1", "events[0].thread: must be an integer, not a string"),
+    (("events", 1, "thread"), 0, "events[1].thread: unknown field"),
     (("events", 1, "peek"), 1, "events[1].peek: must be true or false, not an integer"),
     (("events", 2), [], "events[2]: must be an object, not a list"),
     (("program", 0, "steps", 0, "start"), U64 + 1, f"program[0].steps[0].start: must be in 0..{U64}, got {U64 + 1}"),
@@ -202,6 +205,23 @@ BAD_FIELDS = [
                          ids=[".".join(map(str, p)) for p, _, _ in BAD_FIELDS])
 def test_bad_field_is_named(path: tuple[Any, ...], value: Any, message: str) -> None:
     assert _error(_set(_base(), path, value)) == message
+
+
+def test_a_named_thread_needs_fresh_thread() -> None:
+    doc = _set(_base(), ("events", 0, "thread"), 3)
+    doc["fresh_thread"] = False
+    assert _error(doc) == ("events[0].thread: names a sender thread, but fresh_thread is false (every send then runs "
+                           "on the worker's own thread)")
+
+
+def test_sender_threads_round_trip_and_old_files_mean_a_thread_per_send() -> None:
+    doc = _set(_base(), ("events", 0, "thread"), 2)
+    case = case_from_dict(doc)
+    assert case.shared_threads and case.sender_thread(0) == ("thread", 2)
+    assert loads_case(case.to_json()) == case
+    old = case_from_dict(_base())  # no "thread" anywhere: the format before sender threads
+    assert not old.shared_threads and old.sender_thread(0) == ("event", 0)
+    assert '"thread"' not in old.to_json()
 
 
 def test_missing_format_is_named() -> None:
@@ -268,7 +288,8 @@ def test_doc_step_and_event_examples_load() -> None:
     events = [json.loads(line) for line in event_lines.splitlines()]
     case = case_from_dict({"format": 1, "pairs": 2, "program": [{"steps": steps}], "events": events})
     assert len(case.program[0].steps) == len(steps) == 4
-    assert len(case.events) == len(events) == 6
+    assert len(case.events) == len(events) == 7
+    assert case.events[0].thread == 0  # the sender-thread example
 
 
 def test_doc_outcome_example_loads() -> None:

@@ -34,7 +34,7 @@ from diffuzz.contract.case import (
 from diffuzz.engine.choice import BytesChooser, RandomChooser, WeightTable
 from diffuzz.engine.generate import generate, random_case, standard_mix
 from diffuzz.engine.strategies import cases
-from diffuzz.engine.zone import DEFAULT, PUSHPOP_MAX, SENDS_PER_SENDER_MAX, zone_violation
+from diffuzz.engine.zone import DEFAULT, PUSHPOP_MAX, SENDS_PER_SENDER_MAX, zone_layout, zone_violation
 
 N = 3000
 
@@ -145,6 +145,32 @@ def test_zone_check_agrees_with_the_generator_and_catches_each_rule(sample):
     assert zone_violation(replace(base, events=(Send("c0", 64),), program=many_runs.program)) is None
     assert "may or may not" in zone_violation(replace(base, program=(Invocation((PushData(0, 5000),)), Invocation())))
     assert zone_violation(replace(base, sockopts=(SockOpt("c0", sndbuf=4096),))) == "sockopts"
+
+
+def test_layouts_and_many_sends_are_reached(sample):
+    # Issue 12: a thread per send, one thread for everything, a few shared; one thread sending to
+    # several sockets; now and then enough small sends to one socket to fill a cork's ring.
+    shared = [c for c in sample if c.shared_threads]
+    assert 0.3 * N < len(shared) < 0.8 * N
+    assert any(len({e.ep for e in c.events if getattr(e, "thread", None) == 0}) > 1 for c in shared)
+    assert any(len({getattr(e, "thread", None) for e in c.events} - {None}) > 1 for c in shared)
+    assert any(max(sum(1 for e in c.events if isinstance(e, SEND_TYPES) and e.ep == ep) for ep in c.endpoints()) >= 17
+               for c in sample)
+
+
+def test_a_layout_the_case_does_not_fix_gets_a_thread_of_its_own():
+    # Thread 0 sends to c0 (in the map: PASS to p0 over TCP), p0 reads it, thread 0 sends again:
+    # whether the page is free by then is the ACK's and the skb free's timing (zone.py).
+    case = Case(inserts=(MapEntry(0, "c0"),),
+                events=(Send("c0", 20000, thread=0), Recv("p0", 65536), Send("c0", 20000, thread=0)))
+    assert "layout is timing" in zone_violation(case)
+    hits: set[str] = set()
+    fixed = zone_layout(case, hits)
+    assert hits == {"layout_doubt"} and fixed.events[2] == Send("c0", 20000) and zone_violation(fixed) is None
+    # Read as an ingress message instead, the page is put as soon as it is read: no doubt (seed T03).
+    ingress = replace(case, program=(Invocation((Redirect(0, BPF_F_INGRESS),)),),
+                      events=(Send("c0", 20000, thread=0), Recv("c0", 65536), Send("c0", 20000, thread=0)))
+    assert zone_violation(ingress) is None
 
 
 def test_small_applies_survive_with_small_sends(sample):
