@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import sim  # noqa: E402
-from diffuzz.contract.case import SEND_TYPES  # noqa: E402
-from diffuzz.engine.choice import RandomChooser  # noqa: E402
-from diffuzz.engine.generate import case_seed, generate  # noqa: E402
-from diffuzz.engine.zone import DEFAULT, zone_violation  # noqa: E402
+import sim
+from diffuzz.contract.case import SEND_TYPES
+from diffuzz.engine.choice import RandomChooser
+from diffuzz.engine.generate import case_seed, generate
+from diffuzz.engine.zone import DEFAULT, zone_violation
 
 RULES = ("total_bytes", "push_len", "pushpop_repeating", "pushpop_max", "apply_runs", "sends_per_sender",
          "more_size", "splice_k1", "layout_doubt")

@@ -303,6 +303,11 @@ class _CaseRun:
             sock.shutdown(SHUT_HOW[ev.how])
         except OSError as e:
             return EventResult(ret=errno_ret(e.errno))
+        # The FIN goes out behind whatever is still unsent: many small segments can outrun the
+        # congestion window and wait for an ACK.  The model takes the FIN as arrived (the peer in
+        # CLOSE_WAIT), so the runner waits for it before the next event looks (a map insert of the
+        # peer checks its state: sock_map_sk_state_allowed).
+        self.topo.settle()
         return EventResult(ret=0)
 
     def on_map_delete(self, i: int, ev: MapDelete) -> EventResult:

@@ -151,6 +151,12 @@ class _Worker:
         return f"exit status {code}"
 
 
+# Signals that, sent to a worker, ask the whole campaign to stop (kernel_runner/worker.py exits
+# with 128 + the number after its case; killed by one before it could, the same).
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+                          signal.SIGUSR2})
+
+
 class KernelPool:
     def __init__(self, jobs: int | None = None, backend: str = "interp", deadline: float = 10.0,
                  depth: int = 2, pin: bool = True) -> None:
@@ -163,6 +169,9 @@ class KernelPool:
         self.deadline = deadline
         self.depth = depth
         self.kernel_release = os.uname().release
+        # Set when a worker ended because of a stop signal someone sent it (STOP_SIGNALS): the
+        # campaign should stop, cleanly, as if the signal had come to the engine.
+        self.stop_request: str | None = None
         self._sel = selectors.DefaultSelector()
         self._workers: list[_Worker] = []
         self._queue: deque[tuple[int, bytes]] = deque()  # cases waiting for a worker
@@ -325,6 +334,10 @@ class KernelPool:
 
     def _died(self, w: _Worker) -> None:
         status = w.reap()
+        code = w.proc.returncode
+        stopped = code is not None and (-code in STOP_SIGNALS or code - 128 in STOP_SIGNALS)
+        if stopped and self.stop_request is None:
+            self.stop_request = f"kernel worker {w.pid} was sent {signal.Signals(abs(code) % 128).name}"
         self._replace(w, "error", f"worker {w.pid} died ({status}) while running this case; it was replaced")
 
     def _replace(self, w: _Worker, kind: str, why: str) -> None:

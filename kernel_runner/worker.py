@@ -46,6 +46,30 @@ BACKENDS: Mapping[str, tuple[str, str]] = {
 }
 
 EXIT_FATAL = 2
+# A signal from outside (a user, `timeout`, systemd, `docker stop`) ends the whole campaign
+# cleanly: the worker finishes the case it is running, answers it, and exits with 128 + the
+# signal's number, which the pool reads as "stop" (kernel_runner/pool.py STOP_SIGNALS).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class _Stop:
+    """The worker's answer to a stop signal: exit at once when idle, after the answer when busy."""
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.signum = 0
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        if not self.busy:
+            raise SystemExit(128 + signum)
+
+    def after_case(self) -> None:
+        self.busy = False
+        if self.signum:
+            raise SystemExit(128 + self.signum)
 
 
 def load_backend(name: str) -> Backend:
@@ -71,14 +95,17 @@ def error_outcome(message: str, notes: Mapping[str, Any]) -> Outcome:
     return Outcome(side="kernel", notes={**notes, "error": message})
 
 
-def serve(executor: Executor, inp: IO[bytes], out: IO[bytes]) -> None:
+def serve(executor: Executor, inp: IO[bytes], out: IO[bytes], stop: _Stop | None = None) -> None:
     """The case loop: one line in, one line out, until EOF.  Kernel log lines printed while a
-    case ran go into its notes as `kernel_log` (kernel_runner/kmsg.py)."""
+    case ran go into its notes as `kernel_log` (kernel_runner/kmsg.py).  With `stop`, a stop
+    signal ends the loop between cases (SystemExit)."""
     base_notes = {"kernel": os.uname().release, "backend": executor.backend.name}
     kmsg = KmsgWatch()
     for line in inp:
         if not line.strip():
             continue
+        if stop is not None:
+            stop.busy = True
         start = time.perf_counter_ns()
         try:
             outcome = executor.run(loads_case(line.decode("utf-8", "replace")))
@@ -97,6 +124,8 @@ def serve(executor: Executor, inp: IO[bytes], out: IO[bytes]) -> None:
             outcome = error_outcome(f"{type(e).__name__}: {e}", base_notes)
         out.write(outcome.to_json(indent=None).encode() + b"\n")
         out.flush()
+        if stop is not None:
+            stop.after_case()
     kmsg.close()
 
 
@@ -118,9 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     # Before any thread exists: the blocked SIGPIPE mask and the namespace are both inherited
     # by every thread created later (executor.py, netns.py).
     block_sigpipe()
-    # Ctrl-C in the engine reaches the whole process group; the pool ends its workers itself
-    # (EOF on stdin), so a worker never dies half-way through a case of its own accord.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C in the engine reaches the whole process group, and any stop signal may reach a worker
+    # alone: either way the worker finishes its case first (STOP_SIGNALS), so it never dies half-way
+    # through one of its own accord.
+    stop = _Stop()
     try:
         if args.cpu is not None:
             # A fresh send thread then starts on the CPU of the thread that waits for it: on this
@@ -147,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         ready = {"pid": os.getpid(), "kernel": os.uname().release, "backend": backend.name}
         out.write(json.dumps({"ready": ready}).encode() + b"\n")
         out.flush()
-        serve(Executor(backend, raw_threads=not args.python_threads), sys.stdin.buffer, out)
+        serve(Executor(backend, raw_threads=not args.python_threads), sys.stdin.buffer, out, stop)
     except BrokenPipeError:
         pass  # the pool went away; nothing left to answer
     finally:

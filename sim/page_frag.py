@@ -1,6 +1,7 @@
-"""The per-thread page frag and sk_msg_alloc (spec §2.1, §2.2; net/core/skmsg.c).
+"""The per-thread page frag, sk_msg_alloc and sk_msg_memcopy_from_iter (spec §2.1, §2.2;
+net/core/skmsg.c).
 
-The model gives every send syscall its own frag, as the kernel runner does with
+The model gives every send that names no thread its own frag, as the kernel runner does with
 `fresh_thread` (spec §2.2): a new thread's `current->task_frag` starts empty, so a new
 message of n bytes gets elements [min(n, 32768), 32768, ..., rest], and bytes appended by a
 later syscall never coalesce with an earlier one.  Within one syscall (ENOSPC iterations,
@@ -89,7 +90,8 @@ def tcp_copy_to_frag(frag: PageFrag, sk: Any, n: int) -> None:
 
 
 def sk_msg_alloc(msg: SkMsg, data: bytes, pos: int, n: int, frag: PageFrag) -> tuple[int, bool]:
-    """sk_msg_alloc + sk_msg_memcopy_from_iter: append data[pos:pos+n] to msg.
+    """sk_msg_alloc, with data[pos:pos+n] already where it reserves room: where the copy
+    (sk_msg_memcopy_from_iter, below) puts them unless its sg.curr is stale.
 
     Returns (bytes taken, enospc).  On ENOSPC (17 elements and no room to coalesce) the
     bytes reserved so far stay (spec §2.3).  Coalescing needs the last element to end

@@ -50,6 +50,12 @@ class SockMap:
         psock = sk.psock
         if psock is not None and self.prog and psock.prog:
             return -EBUSY
+        if psock is not None and self.prog:
+            # sock_map_link has run: psock_set_prog gave the socket's existing psock the map's program
+            # and tcp_bpf_update_proto switched it to config TX.  The checks below can still fail the
+            # update (EEXIST, ENOENT, a full sockhash), but sk_psock_put only drops the reference:
+            # the program stays (docs/kernel-notes.md N16).  A psock made just now is dropped again.
+            psock.prog = True
         old = self.slots.get(key)
         if old is not None and flags == BPF_NOEXIST:
             return -EEXIST
@@ -57,8 +63,6 @@ class SockMap:
             return -ENOENT
         if self.hash and old is None and len(self.slots) >= self.max_entries:
             return -E2BIG  # sock_hash_alloc_elem: the table is full and this key is new
-        # The early EEXIST/ENOENT/E2BIG returns come after sock_map_link in the kernel, but
-        # the psock reference it took is put again at once, so nothing remains of it.
         if psock is None:
             psock = Psock(sk)
             sk.psock = psock

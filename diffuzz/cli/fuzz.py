@@ -72,16 +72,20 @@ def _independent_factory(deadline: float) -> Callable[[], Any]:
     return make
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
 class _StopOnSignal:
-    """SIGINT and SIGTERM ask the engine to stop after the current case (everything found so
-    far is already on disk); a second Ctrl-C stops at once."""
+    """SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 ask the engine to stop after the
+    current case (everything found so far is already on disk); a second Ctrl-C stops at once.
+    The same signals sent to a kernel worker alone stop it too (kernel_runner/pool.py)."""
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.old: dict[int, Any] = {}
 
     def __enter__(self) -> _StopOnSignal:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             self.old[sig] = signal.signal(sig, self._handle)
         return self
 

@@ -161,9 +161,9 @@ class Target:
     def _save(self, case: Case, kernel: Outcome, model: Outcome, diffs: tuple, kinds: frozenset[str]) -> str:
         try:
             from diffuzz.engine.corpus import Corpus, Finding
-            from diffuzz.engine.signature import Signature
+            from diffuzz.engine.signature import Signature, root_kind
 
-            sig = Signature.of(kinds, case, os.uname().release)
+            sig = Signature.of(kinds, case, os.uname().release, root_kind(diffs, kernel, model))
             rec = Corpus(self.corpus_root).record(Finding(case, kernel, model, diffs, sig,
                                                           notes={"engine": "atheris", "minimized": False}))
             return str(rec.bucket)

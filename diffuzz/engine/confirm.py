@@ -18,8 +18,8 @@ from typing import Any, Protocol
 from diffuzz.contract.case import Case
 from diffuzz.contract.outcome import Outcome
 from diffuzz.engine.compare import Difference
-from diffuzz.engine.oracle import judge
-from diffuzz.engine.signature import Kinds
+from diffuzz.engine.oracle import Verdict, judge
+from diffuzz.engine.signature import Kinds, root_kind, same_cause
 
 
 class Runner(Protocol):
@@ -32,16 +32,29 @@ class Rerun:
     kernel: Outcome
     model: Outcome
     differences: tuple[Difference, ...]
+    kinds: Kinds = frozenset()  # the verdict's kinds on this run
 
 
-def rerun(case: Case, kinds: Kinds, kernel: Runner, model: Callable[[Case], Outcome]) -> Rerun:
+def shows(verdict: Verdict, kernel: Outcome, model: Outcome, kinds: Kinds, root: str | None = None) -> bool:
+    """Does this verdict show the finding?  With `root` (signature.root_kind), when its first
+    difference still shows the same cause (signature.same_cause: what the minimizer keeps, not
+    every observable the cause touched); without, when its kinds are exactly `kinds` (what
+    confirmation asks)."""
+    if "error" in kernel.notes:  # a failed kernel run (kernel_runner.pool.is_error) observed nothing
+        return False
+    if root is None:
+        return verdict.kinds == kinds
+    return bool(verdict.kinds) and same_cause(root, root_kind(verdict.differences, kernel, model))
+
+
+def rerun(case: Case, kinds: Kinds, kernel: Runner, model: Callable[[Case], Outcome],
+          root: str | None = None) -> Rerun:
     """The case again: reproduced when the verdict (diffuzz/engine/oracle.py: the broken
-    invariants, else the differing fields) has the same kinds."""
+    invariants, else the differing fields) shows the same thing (`shows`)."""
     k = kernel.run(case)
     m = model(case)
     v = judge(case, k, m)
-    # A kernel run that failed (notes["error"], kernel_runner.pool.is_error) observed nothing.
-    return Rerun("error" not in k.notes and v.kinds == kinds, k, m, v.differences)
+    return Rerun(shows(v, k, m, kinds, root), k, m, v.differences, v.kinds)
 
 
 class Independent:

@@ -152,6 +152,7 @@ last seen: {state['last_seen']}
 kernel release: {sig.release}
 kernel profile: {', '.join(state.get('profiles', [])) or '(not recorded)'}
 
+root cause (the first difference): {sig.root}
 differing fields: {', '.join(sig.kinds)}
 helpers: {', '.join(sig.helpers) or '(none)'}
 events: {', '.join(sig.events) or '(none)'}

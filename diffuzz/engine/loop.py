@@ -37,7 +37,7 @@ from typing import Any
 from diffuzz.contract.case import Case
 from diffuzz.contract.outcome import Outcome
 from diffuzz.engine.compare import Difference
-from diffuzz.engine.confirm import Independent, rerun
+from diffuzz.engine.confirm import Independent, rerun, shows
 from diffuzz.engine.corpus import Corpus, Finding, format_diff, write_atomic
 from diffuzz.engine.features import features
 from diffuzz.engine.fuzz_config import FuzzConfig, FuzzStats
@@ -45,7 +45,7 @@ from diffuzz.engine.generate import random_case
 from diffuzz.engine.minimize import complexity, minimize
 from diffuzz.engine.oracle import Verdict, judge
 from diffuzz.engine.saving import FindingStore
-from diffuzz.engine.signature import Kinds, Signature, case_features
+from diffuzz.engine.signature import Kinds, Signature, case_features, root_kind
 from diffuzz.engine.zone import zone_violation
 
 Model = Callable[[Case], Outcome]
@@ -94,7 +94,20 @@ class Engine(FindingStore):
 
     def _time_up(self) -> bool:
         """A stop was asked for, or --duration has passed."""
-        return self.stop or (self.cfg.duration is not None and self.stats.elapsed() >= self.cfg.duration)
+        return self._stop_asked() or (self.cfg.duration is not None and self.stats.elapsed() >= self.cfg.duration)
+
+    def _stop_asked(self) -> bool:
+        """A signal to the engine (self.stop), or to one of the kernel workers: any signal to any
+        process of a campaign ends it cleanly (kernel_runner/pool.py stop_request)."""
+        if not self.stop:
+            for runner in (self.kernel, self.independent.runner):
+                why = getattr(runner, "stop_request", None)
+                if why:
+                    self.stop = True
+                    print(f"diffuzz: {why}: stopping the campaign", file=sys.stderr, flush=True)
+                    self._event("problem", about="stop", message=str(why))
+                    break
+        return self.stop
 
     def _done(self) -> bool:
         return self._time_up() or (self.cfg.cases is not None and self.stats.cases >= self.cfg.cases)
@@ -337,9 +350,13 @@ class Engine(FindingStore):
         budget = 0.0 if self.stop else self.cfg.minimize_seconds  # a stop saves it unminimized, quickly
         if self.cfg.duration is not None:  # --duration holds for minimizing too
             budget = max(0.0, min(budget, self.cfg.duration - st.elapsed()))
-        small, mstats = minimize(case, self._same(kinds), max_seconds=budget, admissible=admissible)
+        # Minimized to what the cause needs: the first difference stays of the same kind, the
+        # observables it touched downstream may go (signature.py: the bucket is the root's shape).
+        root = root_kind(again.differences, again.kernel, again.model)
+        small, mstats = minimize(case, self._same(kinds, root), max_seconds=budget, admissible=admissible,
+                                 stop=self._stop_asked)
         st.minimize_seconds += time.monotonic() - t0
-        final = rerun(small, kinds, self.kernel, self.model)
+        final = rerun(small, kinds, self.kernel, self.model, root)
         if not final.reproduced:  # minimized into a timing-dependent corner: keep the original
             small, final = case, again
         notes = {
@@ -353,9 +370,9 @@ class Engine(FindingStore):
             # findings are saved without the bcc compile (0.4 s per program) to end on time.
             "independent backend": ("not checked: the run's time was up; check it with diffuzz run CASE "
                                     "--side kernel --backend bcc") if self._time_up()
-            else self.independent.check(small, kinds, final.model),
+            else self.independent.check(small, final.kinds or kinds, final.model),
         }
-        bucket = self._record(small, final.kernel, final.model, final.differences, kinds, notes)
+        bucket = self._record(small, final.kernel, final.model, final.differences, final.kinds or kinds, notes)
         self._known[pre] = bucket
         st.unique.add(bucket)
         self.on_event("finding", st)
@@ -367,7 +384,8 @@ class Engine(FindingStore):
         st = self.stats
         st.known += 1
         release = str(k.notes.get("kernel") or platform.release())
-        sig = Signature(tuple(f"known.{b}" for b in verdict.known), (), (), release)
+        known = tuple(f"known.{b}" for b in verdict.known)
+        sig = Signature("+".join(known), (), (), release, known)
         bucket = self._store(Finding(case, k, m, verdict.differences, sig,
                                      {"seed": self.cfg.seed, "case index": index,
                                       "known kernel bug": ", ".join(verdict.known)}), None)
@@ -377,10 +395,11 @@ class Engine(FindingStore):
     def _in_zone(self, case: Case) -> bool:
         return zone_violation(case, self.cfg.gen) is None
 
-    def _same(self, kinds: Kinds) -> Callable[[Case], bool]:
+    def _same(self, kinds: Kinds, root: str | None = None) -> Callable[[Case], bool]:
         def predicate(c: Case) -> bool:
             k = self.kernel.run(c)
-            return not _is_error(k) and judge(c, k, self.model(c)).kinds == kinds
+            m = self.model(c)
+            return shows(judge(c, k, m), k, m, kinds, root)
 
         return predicate
 

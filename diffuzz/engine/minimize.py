@@ -90,8 +90,9 @@ class Stats:
 
 class Minimizer:
     def __init__(self, case: Case, predicate: Predicate, *, max_seconds: float | None = None,
-                 admissible: Predicate | None = None) -> None:
+                 admissible: Predicate | None = None, stop: Callable[[], bool] | None = None) -> None:
         self.best = case
+        self.stop = stop  # asked before each candidate: a stop signal ends shrinking with the best so far
         self.predicate = predicate
         self.admissible = admissible
         self.cache: dict[Case, bool] = {case: True}
@@ -101,7 +102,8 @@ class Minimizer:
     # ---- the core: try one candidate ----------------------------------------------------
 
     def out_of_time(self) -> bool:
-        if self._deadline is not None and time.monotonic() > self._deadline:
+        late = self._deadline is not None and time.monotonic() > self._deadline
+        if late or (self.stop is not None and self.stop()):
             self.stats.timed_out = True
             return True
         return False
@@ -276,13 +278,13 @@ class Minimizer:
 
 
 def minimize(case: Case, predicate: Predicate, *, max_seconds: float | None = None,
-             admissible: Predicate | None = None) -> tuple[Case, Stats]:
+             admissible: Predicate | None = None, stop: Callable[[], bool] | None = None) -> tuple[Case, Stats]:
     """The smallest case found for which predicate still holds (predicate(case) must).
 
     `admissible` (optional) rejects candidates without running them: the engine passes the
     deterministic-zone check (diffuzz.engine.zone.zone_violation), so shrinking cannot walk a case
     into a kernel hang or a timing-dependent result."""
-    m = Minimizer(case, predicate, max_seconds=max_seconds, admissible=admissible)
+    m = Minimizer(case, predicate, max_seconds=max_seconds, admissible=admissible, stop=stop)
     return m.run(), m.stats
 
 

@@ -17,7 +17,7 @@ from diffuzz.contract.case import Case
 from diffuzz.contract.outcome import Outcome
 from diffuzz.engine.compare import Difference
 from diffuzz.engine.corpus import Corpus, Finding, Recorded
-from diffuzz.engine.signature import Kinds, Signature
+from diffuzz.engine.signature import Kinds, Signature, root_kind
 
 
 class FindingStore:
@@ -35,7 +35,7 @@ class FindingStore:
     def _record(self, case: Case, k: Outcome, m: Outcome, diffs: tuple[Difference, ...], kinds: Kinds,
                 notes: dict[str, Any], bucket_hint: str | None = None) -> str:
         release = str(k.notes.get("kernel") or platform.release())
-        sig = Signature.of(kinds, case, release)
+        sig = Signature.of(kinds, case, release, root_kind(diffs, k, m))
         return self._store(Finding(case, k, m, diffs, sig, notes), bucket_hint)
 
     def _store(self, finding: Finding, bucket_hint: str | None) -> str:

@@ -35,8 +35,9 @@ a finding and not noise.  Each restriction, and the §10 row it answers:
 With `deterministic=False` these limits are lifted (sizes up to the format's limits,
 sockopts); use it only with a VM backend or to hunt crashes.
 
-The rules are functions over steps and events; generate.py applies them while it builds a case,
-and `zone_violation` tells the minimizer and the CLI which rule a case breaks.
+The rules are functions over steps and events; generate.py applies them while it builds a case
+(naming each rule that changed something in `hits`), and `zone_violation` tells the minimizer and
+the CLI which rule a case breaks.  docs/zone.md has every rule's measured cost and why it stays.
 """
 
 from __future__ import annotations

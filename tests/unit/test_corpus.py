@@ -124,7 +124,7 @@ def test_writer_killed_mid_bucket_leaves_no_half_bucket(tmp_path):
         i = 0
         while True:  # a new bucket every time (release differs), each with a 2 MB case
             case = Case(events=tuple(Send("c0", 1) for _ in range(200)), meta={"pad": "x" * (2 << 20)})
-            sig = Signature(("events[*].ret",), (), ("send",), f"r{i}")
+            sig = Signature("events[*].ret", (), ("send",), f"r{i}")
             corpus.record(Finding(case, Outcome("kernel"), Outcome("model"),
                                   (Difference("events[0].ret", 1, 2),), sig))
             i += 1
@@ -140,3 +140,33 @@ def test_writer_killed_mid_bucket_leaves_no_half_bucket(tmp_path):
         assert len(loads_case((b / "case.json").read_text()).events) == 200
     assert corpus.remove_stale_tmp(older_than_s=0) >= 0
     assert all(not p.name.startswith(".") for p in (tmp_path / "c" / "findings").iterdir())
+
+
+def test_the_bucket_is_named_by_the_first_difference_in_time() -> None:
+    from diffuzz.contract.outcome import Run, RunContext
+    from diffuzz.engine.signature import root_kind
+
+    run = Run("c0", 10, 10, (), 10, 1, RunContext(2, "c0", "p0", 1))
+    kernel = Outcome(side="kernel", runs=(run,))
+    # Field order puts events[3] first; in time, run 0 (inside send 1) came before send 3 returned.
+    diffs = (Difference("events[3].ret", 5, 10), Difference("runs[0].verdict", 1, 0),
+             Difference("endpoints.p0.rx", "a", "b"))
+    assert root_kind(diffs, kernel) == "runs"
+    assert root_kind((Difference("endpoints.p1.fionread", 1, 2), Difference("endpoints.p0.rx", "a", "b")),
+                     kernel) == "endpoints"
+    assert root_kind((Difference("events[2].sigpipe", True, False),), kernel) == "events"
+    assert root_kind((Difference("runs[0].verdict", 1, 0), Difference("invariant.accounting", "x", None)),
+                     kernel) == "invariant.accounting"
+    # One cause, different observables downstream: one bucket.
+    a = Signature.of(diff_kinds(diffs), CASE, "r", root_kind(diffs, kernel))
+    b = Signature.of(diff_kinds(diffs[1:2]), CASE, "r", root_kind(diffs[1:2], kernel))
+    assert a.bucket() == b.bucket() and a.kinds != b.kinds
+
+
+def test_the_minimizer_may_move_a_cause_downstream_but_not_change_it() -> None:
+    from diffuzz.engine.signature import same_cause
+
+    assert same_cause("runs", "events") and same_cause("events", "endpoints") and same_cause("runs", "runs")
+    assert not same_cause("endpoints", "events") and not same_cause("events", "runs")
+    assert same_cause("invariant.accounting", "invariant.accounting")
+    assert not same_cause("invariant.accounting", "endpoints") and not same_cause("runs", "invariant.accounting")

@@ -127,3 +127,16 @@ def test_a_crashing_predicate_counts_as_not_the_same_bug():
 
     small, _ = minimize(case, bug)
     assert len(small.events) == 2
+
+
+def test_a_stop_ends_shrinking_with_the_best_case_so_far():
+    case = Case(events=tuple(Send("c0", 10 + i) for i in range(20)))
+    calls: list[Case] = []
+
+    def bug(c: Case) -> bool:
+        calls.append(c)
+        return bool(c.events)
+
+    small, stats = minimize(case, bug, stop=lambda: len(calls) >= 3)
+    assert len(calls) == 3 and stats.timed_out
+    assert bug(small) and len(small.events) < len(case.events)
