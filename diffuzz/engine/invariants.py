@@ -228,8 +228,9 @@ def _termination(seen: Seen) -> Iterator[str]:
 
 
 INVARIANTS: tuple[Invariant, ...] = (
-    Invariant("return_bound", "no send, sendmsg, sendfile or splice returns more bytes than it was given",
-              "send(2), sendmsg(2): the number of bytes sent; sendfile(2), splice(2): at most count", _return_bound),
+    Invariant("return_bound", "no send, sendmsg, sendfile or splice returns more bytes than it was given, or 0 "
+              "for a non-empty send", "send(2), sendmsg(2): the number of bytes sent (a stream send takes at least "
+              "one byte or fails); sendfile(2), splice(2): at most count", _return_bound),
     Invariant("errno_sanity", "recv, peek and FIONREAD on a valid buffer fail only with errors the socket API "
               "lists (never EFAULT); a recv after FIONREAD n > 0 returns data",
               "recv(2) ERRORS (EFAULT: the buffer is outside the address space); tcp(7) SIOCINQ", _errno_sanity),
