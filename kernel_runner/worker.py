@@ -59,7 +59,10 @@ class _Stop:
         self.busy = False
         self.signum = 0
         for sig in STOP_SIGNALS:
-            signal.signal(sig, self._handle)
+            # One ignored when the worker started stays ignored: `nohup` (SIGHUP), a shell's
+            # background job (SIGINT, SIGQUIT) asked for that, for the whole campaign.
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signum = signum

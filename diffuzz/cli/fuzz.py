@@ -86,6 +86,8 @@ class _StopOnSignal:
 
     def __enter__(self) -> _StopOnSignal:
         for sig in STOP_SIGNALS:
+            if signal.getsignal(sig) is signal.SIG_IGN:
+                continue  # ignored on purpose by whoever started us (nohup: SIGHUP; a background job: SIGINT)
             self.old[sig] = signal.signal(sig, self._handle)
         return self
 

@@ -365,3 +365,22 @@ def test_any_stop_signal_to_any_process_ends_the_campaign_cleanly(tmp_path: Path
     again = _fuzz(tmp_path, "--cases", "5")
     out2, _ = again.communicate(timeout=60)
     assert again.returncode == 0, out2  # resumable
+
+
+@kernel
+def test_a_signal_ignored_at_start_stays_ignored_like_nohup(tmp_path: Path) -> None:
+    # `nohup diffuzz fuzz ...` starts the campaign with SIGHUP ignored: a hang-up of the terminal must
+    # not stop it, in the fuzzer or in its workers (they inherit the disposition).
+    _need_kernel()
+    env = {**os.environ, "DIFFUZZ_TEST_PLANT": "0"}
+    proc = subprocess.Popen([sys.executable, "-c", PLANTED, "fuzz", "--workdir", str(tmp_path), "--jobs", "2",
+                             "--seed", "11", "--stats-interval", "0.2", "--duration", "60"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    _wait("the first stats", lambda: _stats(tmp_path).get("execs_done", 0) > 0, proc)
+    os.killpg(proc.pid, signal.SIGHUP)
+    before = _stats(tmp_path).get("execs_done", 0)
+    _wait("more cases after the hang-up", lambda: _stats(tmp_path).get("execs_done", 0) > before + 50, proc)
+    out = _term(proc)
+    assert "stopping the campaign" not in out and "diffuzz fuzz: summary" in out
