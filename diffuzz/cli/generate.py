@@ -17,21 +17,11 @@ from pathlib import Path
 import click
 
 from diffuzz.cli.common import BadInput
-from diffuzz.contract.case import SEND_TYPES, Case
 from diffuzz.engine.corpus import write_atomic
 from diffuzz.engine.generate import random_case
 from diffuzz.engine.zone import DEFAULT, GenConfig
 
 MAX_COUNT = 1_000_000
-
-
-def layout_of(case: Case) -> str:
-    """"own" (a thread per send), "one" (one named thread sends everything) or "shared" (named
-    threads mixed with threads of their own, or several named threads)."""
-    threads = {getattr(e, "thread", None) for e in case.events if isinstance(e, SEND_TYPES)}
-    if not threads - {None}:
-        return "own"
-    return "one" if len(threads) == 1 else "shared"
 
 
 @click.command()
@@ -59,7 +49,7 @@ def generate(seed: int, count: int, out_dir: Path, unrestricted: bool) -> None:
     ops: collections.Counter[str] = collections.Counter()
     for i in range(count):
         case = random_case(seed, i, config)
-        layouts[layout_of(case)] += 1
+        layouts[case.sender_layout()] += 1
         ops.update({e.op for e in case.events})
         ops.update({s.op for inv in case.program for s in inv.steps})
         try:

@@ -74,11 +74,13 @@ class Case:
         """Endpoint names: c<i> is the connecting side of pair i, p<i> the accepted side."""
         return tuple(f"{side}{i}" for i in range(self.pairs) for side in ("c", "p"))
 
-    def sender_thread(self, event_index: int) -> tuple[str, int]:
-        """Which thread issues send `event_index`: ("thread", N) for a named thread, shared by
-        every send that names N; ("event", i) for a thread of its own (events.py)."""
-        t = getattr(self.events[event_index], "thread", None)
-        return ("event", event_index) if t is None else ("thread", t)
+    def sender_layout(self) -> str:
+        """How the sends map to threads (events.py): "own" (a thread per send), "one" (one named
+        thread sends everything) or "shared" (several named threads, or named and own mixed)."""
+        threads = {getattr(e, "thread", None) for e in self.events if isinstance(e, SEND_TYPES)}
+        if not threads - {None}:
+            return "own"
+        return "one" if len(threads) == 1 else "shared"
 
     @property
     def shared_threads(self) -> bool:

@@ -27,7 +27,7 @@ Features (the name prefixes, so a reader can decode a coverage report):
 - ``ingress_tcp:<order>``     one receiver got both ingress-redirected and TCP data; ``late``
                               when the ingress data came after TCP data (read first anyway, §7).
 - ``fionread``, ``eof``, ``unknown``, ``sigpipe``, ``hang``, ``end:<how>``.
-- ``layout:<own|one|few>``    the sender threads: a thread per send, one named thread, several.
+- ``layout:<own|one|shared>`` the sender threads: a thread per send, one named thread, several (Case.sender_layout).
 - ``win:coalesced``, ``win:split``  a flush whose first element holds bytes of two sends (a shared
                               frag), and a run whose message starts near a page's end.
 - ``bug:<K>``                 the model copied documented kernel bug K (its notes).
@@ -52,13 +52,13 @@ from diffuzz.contract.case import (
     peer_of,
 )
 from diffuzz.contract.outcome import MAX_RUN_RECORDS, Outcome, Ret
+from sim.page_frag import PAGE_FRAG_SIZE
 
 # Stable ids for feature names; the same few hundred names recur, so memoise the crc32.
 _IDS: dict[str, int] = {}
 
 _HELPER_RC = {0: "ok", -22: "EINVAL", -12: "ENOMEM", -1: "skip", -7: "E2BIG", -28: "ENOSPC"}
 _VERDICT = {1: "P", 0: "D"}
-_PAGE = 32768  # a page-frag page (spec §2.2)
 
 
 def feature_id(name: str) -> int:
@@ -188,9 +188,7 @@ def feature_names(case: Case, outcome: Outcome) -> set[str]:
     # ---- events against the map/attach state they met ---------------------------------
     in_map = set(key_ep.values())
     member = dict(key_ep)
-    threads = {getattr(e, "thread", None) for e in case.events if isinstance(e, SEND_TYPES)}
-    named = len(threads - {None})
-    add("layout:own" if not named else "layout:one" if named == 1 and None not in threads else "layout:few")
+    add(f"layout:{case.sender_layout()}")
     for bug in outcome.notes.get("kernel_bugs", ()):
         add(f"bug:{bug}")
     attached = True
@@ -229,7 +227,7 @@ def feature_names(case: Case, outcome: Outcome) -> set[str]:
                         add("cork_flush")
                         if run.win_in is not None and run.win_in > size:
                             add("win:coalesced")  # the corked bytes share an element with this send's
-                    elif run.win_in is not None and run.win_in < run.size_in <= _PAGE:
+                    elif run.win_in is not None and run.win_in < run.size_in <= PAGE_FRAG_SIZE:
                         add("win:split")  # the frag was part-used: the message starts near a page end
                 last_run[ep] = own[-1]
                 if redirected and ret == "EPIPE":

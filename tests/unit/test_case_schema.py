@@ -217,10 +217,12 @@ def test_a_named_thread_needs_fresh_thread() -> None:
 def test_sender_threads_round_trip_and_old_files_mean_a_thread_per_send() -> None:
     doc = _set(_base(), ("events", 0, "thread"), 2)
     case = case_from_dict(doc)
-    assert case.shared_threads and case.sender_thread(0) == ("thread", 2)
+    assert case.shared_threads and case.sender_layout() == "shared"  # thread 2 and threads of their own
     assert loads_case(case.to_json()) == case
     old = case_from_dict(_base())  # no "thread" anywhere: the format before sender threads
-    assert not old.shared_threads and old.sender_thread(0) == ("event", 0)
+    assert not old.shared_threads and old.sender_layout() == "own"
+    one = case_from_dict(_set(_set(_base(), ("events", 0, "thread"), 1), ("events", 3, "thread"), 1))
+    assert one.sender_layout() == "one"
     assert '"thread"' not in old.to_json()
 
 
