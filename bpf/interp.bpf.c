@@ -195,12 +195,16 @@ int interp(struct sk_msg_md *msg)
 	 * into a constant-index path and a variable-index path, and the whole step loop would be
 	 * verified once for each (8x the cost).  Counts stay far below 2^63. */
 	over = opaque((__u64)(MAX_RUN_RECORDS - 1) - run) >> 63;	/* run >= 64 */
-	slot = (run & (MAX_RUN_RECORDS - 1)) | (over * MAX_RUN_RECORDS);
+	/* `+`, not `|`, and the second term opaque: verifiers before 6.5 (Debian's 6.1) keep no
+	 * bounds for an OR (or MUL, shift, XOR) of two variable registers, only for ADD, SUB and
+	 * AND; opaque() stops clang from proving the terms disjoint and turning the `+` into `|`. */
+	slot = (run & (MAX_RUN_RECORDS - 1)) + opaque(over * MAX_RUN_RECORDS);
 	rec = &r->runs[slot];
 
 	last = (s->nprogs - 1) & (MAX_PROGRAMS - 1);	/* nprogs >= 1 (script.py) */
 	over = opaque(last - run) >> 63;		/* run > last */
-	pi = (run & (MAX_PROGRAMS - 1) & (over - 1)) | (last & -over);
+	/* One term is 0: the sum is < MAX_PROGRAMS, which the mask tells a verifier that adds bounds. */
+	pi = ((run & (MAX_PROGRAMS - 1) & (over - 1)) + opaque(last & -over)) & (MAX_PROGRAMS - 1);
 	inv = &s->progs[pi];
 	nsteps = inv->nsteps & (2 * MAX_STEPS - 1);	/* <= MAX_STEPS (script.py); the loop stops there */
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from diffuzz.contract.case import Case
 from kernel_runner import bpf_sys, script
 from kernel_runner.backend import KernelUnsupported, RawRun
+from kernel_runner.cache import cache_dir
 from kernel_runner.elf_loader import BpfObject, ElfError, LoadedObject
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,11 +37,6 @@ BUILT = ROOT / "bpf" / "build" / "interp.bpf.o"
 # Must match bpf/Makefile.
 CLANG_FLAGS = ("-O2", "-g", "-target", "bpf", "-mcpu=v3", "-I/usr/include/x86_64-linux-gnu", "-Wall", "-Werror")
 MAX_INSTANCES = 32  # map sizes kept loaded (15-30 ms to load one; generated cases use a few sizes)
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "diffuzz"
 
 
 def find_object() -> Path:
@@ -57,7 +53,7 @@ def find_object() -> Path:
         raise KernelUnsupported(f"no interpreter object: neither {BUILT} nor its source {SOURCE} exists")
     text = SOURCE.read_bytes()
     digest = hashlib.sha256(text + "\0".join(CLANG_FLAGS).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"interp-{digest}.bpf.o"
+    target = cache_dir() / f"interp-{digest}.bpf.o"
     if target.exists():
         return target
     clang = shutil.which("clang")

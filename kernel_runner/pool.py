@@ -16,8 +16,12 @@ What comes back for a case is always an Outcome (side "kernel"):
   outcome.  The outcome has hang=False, no observations, and notes["error"] says what
   happened.  A dead worker is replaced.  Callers must check `is_error(outcome)` before
   comparing: an error outcome observed nothing, it is not a kernel behaviour.
+- a crash (VM workers only, kernel_runner/vm/): the guest kernel died while running the case.
+  notes["crash"] says so with the first dying line of the console, notes["console"] has its
+  last lines; no observations; the VM is replaced.  A crash is the kernel's finding, not an
+  error outcome.
 Cases queued behind a hung or dead worker's current case never ran; they are re-run on
-another worker.
+another worker.  With kernel="vm:NAME" every worker is a VM of that fetched kernel.
 
 Start-up: a worker that cannot start (not root, no BPF, backend missing) answers {"fatal"}
 instead of {"ready"}; the pool raises KernelUnsupported with the worker's own message.
@@ -34,16 +38,12 @@ Not thread-safe: one thread drives a pool.
 
 from __future__ import annotations
 
-import json
 import os
 import selectors
 import signal
-import subprocess
-import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -53,102 +53,14 @@ from diffuzz.contract.outcome import (
     loads_outcome,
 )
 from kernel_runner.backend import KernelUnsupported
+from kernel_runner.worker_process import WorkerProcess
 
-PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 START_TIMEOUT = 60.0  # a bcc backend imports bcc and LLVM at start-up: give it time
-CLOSE_TIMEOUT = 5.0
 
 
 def is_error(outcome: Outcome) -> bool:
     """True for an outcome that observed nothing because the run failed (see the module doc)."""
     return "error" in outcome.notes
-
-
-class _Worker:
-    """One worker subprocess and the pool's side of its pipes."""
-
-    def __init__(self, backend: str, cpu: int | None) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (PROJECT_ROOT, env.get("PYTHONPATH")) if p)
-        pin = [] if cpu is None else ["--cpu", str(cpu)]
-        self.cpu = cpu
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kernel_runner.worker", "--backend", backend, *pin],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env,
-        )
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.pid = self.proc.pid
-        self.rfd = self.proc.stdout.fileno()
-        self.wfd = self.proc.stdin.fileno()
-        self.rbuf = bytearray()
-        self.wbuf = bytearray()
-        self.inflight: deque[tuple[int, bytes]] = deque()  # (seq, case line), oldest = running
-        self.started = 0.0  # when the oldest in-flight case started (its deadline counts from here)
-        self.info: dict[str, Any] = {}
-
-    def wait_ready(self, timeout: float) -> None:
-        """Read the start-up line; KernelUnsupported if the worker cannot run cases."""
-        end = time.monotonic() + timeout
-        while b"\n" not in self.rbuf:
-            left = end - time.monotonic()
-            if left <= 0:
-                self.kill()
-                raise KernelUnsupported(f"kernel worker {self.pid} did not start within {timeout:g} s")
-            sel = selectors.DefaultSelector()
-            sel.register(self.rfd, selectors.EVENT_READ)
-            ready = sel.select(left)
-            sel.close()
-            if ready:
-                chunk = os.read(self.rfd, 65536)
-                if not chunk:
-                    status = self.reap()
-                    raise KernelUnsupported(f"kernel worker exited ({status}) before it was ready; see its stderr")
-                self.rbuf += chunk
-        line, _, rest = bytes(self.rbuf).partition(b"\n")
-        self.rbuf = bytearray(rest)
-        try:
-            hello = json.loads(line)
-        except ValueError:
-            hello = {"fatal": f"kernel worker said {line[:200]!r} instead of hello"}
-        if "ready" not in hello:
-            self.reap()
-            raise KernelUnsupported(str(hello.get("fatal", hello)))
-        self.info = hello["ready"]
-        os.set_blocking(self.rfd, False)
-        os.set_blocking(self.wfd, False)
-
-    def flush(self) -> None:
-        """Write as much of wbuf as the pipe takes without blocking."""
-        if self.wbuf:
-            try:
-                n = os.write(self.wfd, self.wbuf)
-            except BlockingIOError:
-                return
-            except BrokenPipeError:
-                self.wbuf.clear()  # the worker is gone; its stdout's EOF reports it (_died)
-                return
-            del self.wbuf[:n]
-
-    def kill(self) -> None:
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.reap()
-
-    def reap(self) -> str:
-        """Wait for the process and close our pipe ends; how it ended, in words."""
-        for f in (self.proc.stdin, self.proc.stdout):
-            if f is not None:
-                f.close()
-        try:
-            code = self.proc.wait(timeout=CLOSE_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.kill(self.pid, signal.SIGKILL)
-            code = self.proc.wait()
-        if code < 0:
-            return f"killed by {signal.Signals(-code).name}"
-        return f"exit status {code}"
 
 
 # Signals that, sent to a worker, ask the whole campaign to stop (kernel_runner/worker.py exits
@@ -159,13 +71,24 @@ STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.S
 
 class KernelPool:
     def __init__(self, jobs: int | None = None, backend: str = "interp", deadline: float = 10.0,
-                 depth: int = 2, pin: bool = True) -> None:
+                 depth: int = 2, pin: bool = True, kernel: str = "host") -> None:
         """jobs workers (default: one per CPU) of `backend`; `deadline` seconds per case; `depth`
-        cases in flight per worker; `pin` puts worker i on the i-th CPU this process may use."""
+        cases in flight per worker; `pin` puts worker i on the i-th CPU this process may use.
+        `kernel` "vm:NAME" runs each worker in a VM of that fetched kernel (kernel_runner/vm/),
+        with the deadline stretched by the guest's slowdown."""
         self.jobs = jobs if jobs is not None else (os.cpu_count() or 1)
         if self.jobs < 1 or depth < 1 or deadline <= 0:
             raise ValueError("KernelPool needs jobs >= 1, depth >= 1 and a positive deadline")
         self.backend = backend
+        self.kernel = kernel
+        self._vm: Any = None
+        if kernel.startswith("vm:"):
+            from kernel_runner.vm.machine import SLOWDOWN, VmKernel
+
+            self._vm = VmKernel.open(kernel[len("vm:"):])
+            deadline *= SLOWDOWN
+        elif kernel != "host":
+            raise KernelUnsupported(f"unknown kernel {kernel!r}: use host or vm:NAME (diffuzz kernels)")
         self.deadline = deadline
         self.depth = depth
         self.kernel_release = os.uname().release
@@ -173,14 +96,14 @@ class KernelPool:
         # campaign should stop, cleanly, as if the signal had come to the engine.
         self.stop_request: str | None = None
         self._sel = selectors.DefaultSelector()
-        self._workers: list[_Worker] = []
+        self._workers: list[WorkerProcess] = []
         self._queue: deque[tuple[int, bytes]] = deque()  # cases waiting for a worker
         self._results: dict[int, Outcome] = {}
         self._seq = 0
         cpus = sorted(os.sched_getaffinity(0))
         self._cpus: list[int | None] = [cpus[i % len(cpus)] if pin else None for i in range(self.jobs)]
         try:
-            starting = [_Worker(backend, cpu) for cpu in self._cpus]
+            starting = [self._spawn(cpu) for cpu in self._cpus]
             self._workers = starting
             for w in starting:
                 w.wait_ready(START_TIMEOUT)
@@ -188,6 +111,15 @@ class KernelPool:
         except BaseException:
             self.close()
             raise
+        if self._vm is not None:
+            self.kernel_release = str(starting[0].info.get("kernel", self.kernel))
+
+    def _spawn(self, cpu: int | None) -> WorkerProcess:
+        if self._vm is not None:
+            from kernel_runner.vm.machine import VmWorker
+
+            return VmWorker(self._vm, self.backend, cpu)
+        return WorkerProcess(self.backend, cpu)
 
     # ---- public -------------------------------------------------------------------------
 
@@ -248,6 +180,9 @@ class KernelPool:
                 w.reap()
         self._workers = []
         self._sel.close()
+        if self._vm is not None:
+            self._vm.close()
+            self._vm = None
 
     def __enter__(self) -> KernelPool:
         return self
@@ -271,7 +206,7 @@ class KernelPool:
                     w.flush()
                     self._watch(w)
 
-    def _watch(self, w: _Worker) -> None:
+    def _watch(self, w: WorkerProcess) -> None:
         """Watch w's stdin (its own fd) for room while bytes wait to be written to it."""
         watched = w.wfd in self._sel.get_map()
         if w.wbuf and not watched:
@@ -287,9 +222,9 @@ class KernelPool:
         iterating is still in the pipe, and select sees it first."""
         busy = [w for w in self._workers if w.inflight]
         timeout = min((w.started + self.deadline - time.monotonic() for w in busy), default=None)
-        heard: set[_Worker] = set()
+        heard: set[WorkerProcess] = set()
         for key, _mask in self._sel.select(None if timeout is None else max(timeout, 0.0)):
-            w: _Worker = key.data
+            w: WorkerProcess = key.data
             if w not in self._workers:
                 continue  # replaced earlier in this round
             heard.add(w)
@@ -311,7 +246,7 @@ class KernelPool:
             if w in self._workers and w not in heard and w.inflight and w.started + self.deadline <= now:
                 self._hung(w)
 
-    def _answers(self, w: _Worker) -> None:
+    def _answers(self, w: WorkerProcess) -> None:
         while True:
             end = w.rbuf.find(b"\n")
             if end < 0:
@@ -328,19 +263,29 @@ class KernelPool:
                 self._results[seq] = self._failed("error", f"worker {w.pid} answered something that is not an "
                                                   f"outcome ({e}): {line[:200]!r}")
 
-    def _hung(self, w: _Worker) -> None:
+    def _hung(self, w: WorkerProcess) -> None:
         self._replace(w, "hang", f"no answer within {self.deadline:g} s; worker {w.pid} was killed (SIGKILL) "
-                      "and replaced")
+                      "and replaced", w.report())
 
-    def _died(self, w: _Worker) -> None:
+    def _died(self, w: WorkerProcess) -> None:
         status = w.reap()
         code = w.proc.returncode
-        stopped = code is not None and (-code in STOP_SIGNALS or code - 128 in STOP_SIGNALS)
+        stopped = w.stopped_by_signal() or (
+            code is not None and (-code in STOP_SIGNALS or code - 128 in STOP_SIGNALS))
         if stopped and self.stop_request is None:
-            self.stop_request = f"kernel worker {w.pid} was sent {signal.Signals(abs(code) % 128).name}"
-        self._replace(w, "error", f"worker {w.pid} died ({status}) while running this case; it was replaced")
+            sent = signal.Signals(abs(code) % 128).name if code else "a stop signal"
+            self.stop_request = f"kernel worker {w.pid} was sent {sent}"
+        extra = w.report()
+        if "crash" in extra and not stopped:
+            # A guest kernel that died: a finding (the kernel's), not a runner failure.
+            line = extra.pop("crash")
+            self._replace(w, "crash", f"the guest kernel died while running this case ({line}); the VM "
+                          f"({status}) was replaced", extra)
+            return
+        self._replace(w, "error", f"worker {w.pid} died ({status}) while running this case; it was replaced",
+                      extra)
 
-    def _replace(self, w: _Worker, kind: str, why: str) -> None:
+    def _replace(self, w: WorkerProcess, kind: str, why: str, extra: dict[str, str] | None = None) -> None:
         """Take w out, fail its current case (if it had one), queue the cases behind it again, start a
         new worker."""
         try:
@@ -355,15 +300,15 @@ class KernelPool:
             w.kill()
         if w.inflight:  # a worker can also die idle (a SIGTERM to the whole process group)
             seq, _ = w.inflight.popleft()
-            self._results[seq] = self._failed(kind, why)
+            self._results[seq] = self._failed(kind, why, extra)
             self._queue.extendleft(reversed(w.inflight))
         i = self._workers.index(w)
-        fresh = _Worker(self.backend, w.cpu)
+        fresh = self._spawn(w.cpu)
         self._workers[i] = fresh
         fresh.wait_ready(START_TIMEOUT)
         self._sel.register(fresh.rfd, selectors.EVENT_READ, fresh)
         self._dispatch()
 
-    def _failed(self, kind: str, why: str) -> Outcome:
-        notes = {"kernel": self.kernel_release, "backend": self.backend, kind: why}
+    def _failed(self, kind: str, why: str, extra: dict[str, str] | None = None) -> Outcome:
+        notes = {"kernel": self.kernel_release, "backend": self.backend, **(extra or {}), kind: why}
         return Outcome(side="kernel", hang=kind == "hang", notes=notes)

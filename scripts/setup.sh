@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare this machine and this checkout for diffuzz.  Idempotent; the second run takes about a second.
 #
-#   bash scripts/setup.sh [--test|--fuzz]
+#   bash scripts/setup.sh [--test|--fuzz|--vm]
 #
 # As root on a fresh Debian bookworm-like machine it:
 #   1. installs the Debian packages that are missing (dpkg-query decides; apt-get update only then),
@@ -9,15 +9,20 @@
 #      newest linux-headers-*-amd64 there (docs/README "Kernel headers for bcc"; /work/shared/design.md),
 #   3. creates .venv with --system-site-packages (so Debian's python3-bpfcc imports as `bcc`),
 #   4. pip install -e '.[test]' when pyproject.toml changed since the last install (a stamp in .venv),
-#   5. builds the BPF objects (make -C bpf) when bpf/Makefile exists.
+#   5. builds the BPF objects (make -C bpf) when bpf/Makefile exists,
+#   6. with --test or --vm, what VMs need (kernel_runner/vm/): qemu 10 or newer (bookworm's 7.2
+#      double-faults 6.12 guests, ../shared/notes/vm-matrix.md; on bookworm it comes from
+#      bookworm-backports, read through a private sources list so nothing else is upgraded) and
+#      busybox-static; then fetches VM kernels into ~/.cache/diffuzz/kernels (apt-get download,
+#      never installed): --test the one the VM smoke test boots (6.12), --vm every one.
 # Everything it changes outside the checkout is printed as "setup: CHANGED ..." and appended to
-# .venv/setup.log.  --test and --fuzz are accepted for the callers' clarity; both need the same set-up.
+# .venv/setup.log.  --fuzz is the main job's set-up (no VM parts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 case "${1:-}" in
-    ""|--test|--fuzz) ;;
-    *) echo "setup: unknown option '$1' (use --test or --fuzz)" >&2; exit 2 ;;
+    ""|--test|--fuzz|--vm) ;;
+    *) echo "setup: unknown option '$1' (use --test, --fuzz or --vm)" >&2; exit 2 ;;
 esac
 
 say() { echo "setup: $*"; }
@@ -111,6 +116,55 @@ fi
 # ---- 5. BPF objects --------------------------------------------------------------------
 if [ -f bpf/Makefile ]; then
     make -s -C bpf
+fi
+
+# ---- 6. VMs: qemu, busybox-static, kernels ---------------------------------------------
+qemu_major() {
+    command -v qemu-system-x86_64 >/dev/null || { echo 0; return; }
+    qemu-system-x86_64 --version | sed -n '1s/.*version \([0-9][0-9]*\)\..*/\1/p'
+}
+if [ "${1:-}" = --test ] || [ "${1:-}" = --vm ]; then
+    vm_missing=()
+    [ "$(qemu_major)" -ge 10 ] 2>/dev/null || vm_missing+=(qemu)
+    installed busybox-static || vm_missing+=(busybox-static)
+    if [ ${#vm_missing[@]} -gt 0 ]; then
+        if ! is_root; then
+            echo "setup: VMs need ${vm_missing[*]}; run as root: sudo bash scripts/setup.sh ${1}" >&2
+            exit 1
+        fi
+        export DEBIAN_FRONTEND=noninteractive
+        # shellcheck disable=SC1091
+        codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+        apt_opts=()
+        qemu_pkg=qemu-system-x86
+        if [ "$codename" = bookworm ]; then
+            # Only bookworm's own suites and its backports: `pkg/bookworm-backports` takes qemu (and
+            # what it needs at that version) from backports and everything else from bookworm.
+            aptdir="${XDG_CACHE_HOME:-$HOME/.cache}/diffuzz/apt-host"
+            mkdir -p "$aptdir/lists/partial" "$aptdir/archives/partial"
+            printf '%s\n' "deb http://deb.debian.org/debian bookworm main" \
+                "deb http://deb.debian.org/debian bookworm-updates main" \
+                "deb http://deb.debian.org/debian-security bookworm-security main" \
+                "deb http://deb.debian.org/debian bookworm-backports main" >"$aptdir/sources.list"
+            apt_opts=(-o "Dir::Etc::sourcelist=$aptdir/sources.list" -o "Dir::Etc::sourceparts=/nonexistent"
+                      -o "Dir::State::Lists=$aptdir/lists" -o "Dir::Cache::archives=$aptdir/archives")
+            qemu_pkg=qemu-system-x86/bookworm-backports
+        fi
+        want=()
+        for m in "${vm_missing[@]}"; do
+            case "$m" in qemu) want+=("$qemu_pkg") ;; *) want+=("$m") ;; esac
+        done
+        say "installing ${want[*]}"
+        apt-get "${apt_opts[@]}" update -qq
+        apt-get "${apt_opts[@]}" install -y -qq --no-install-recommends "${want[@]}" </dev/null
+        changed "apt-get install ${want[*]}"
+        if [ "$(qemu_major)" -lt 10 ] 2>/dev/null; then
+            echo "setup: qemu $(qemu_major) is too old for the VMs (10 or newer is needed)" >&2
+            exit 1
+        fi
+    fi
+    if [ "${1}" = --vm ]; then vm_kernels=(all); else vm_kernels=(6.12); fi
+    .venv/bin/diffuzz kernels fetch --no-probe "${vm_kernels[@]}"
 fi
 
 say "ready (${1:-default})"

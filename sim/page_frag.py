@@ -27,6 +27,8 @@ the layout, and the model follows each holder (sim/sk_msg.py `Page`):
   frees its queue only after an RCU grace period (sk_psock_destroy), so those become loose;
 - TCP: the skbs tcp_bpf_push fills (MSG_SPLICE_PAGES takes page references), and the bytes a
   plain tcp_sendmsg copies into the same task frag (sk_page_frag); `Sock.tx_pages` keeps them.
+  Under push_copies_to_task_frag (6.1.184+, sim/profile.py) tcp_bpf_push's bytes are copied into
+  the task frag too (tcp_copy_to_frag), and the element's page reference is put instead.
   They are held while unread; once the receiver reads or purges its queue, the references go
   when the ACK frees the sender's copy and the read skb is freed (skb_attempt_defer_free may
   defer it to another CPU), which is timing.  The model makes them loose (`tcp_let_go`), and a
@@ -75,18 +77,24 @@ class PageFrag:
             self.offset = 0
 
 
-def tcp_copy_to_frag(frag: PageFrag, sk: Any, n: int) -> None:
-    """A plain tcp_sendmsg_locked copies the n bytes it accepted into the task frag
-    (skb_copy_to_page_nocache at pfrag->offset, sk_page_frag_refill before each chunk)."""
+def tcp_copy_to_frag(frag: PageFrag, sk: Any, n: int, skb_room: int) -> None:
+    """A tcp_sendmsg_locked without zero copy copies the n bytes it accepted into the task frag
+    (sk_page_frag: current->task_frag for a TCP socket): chunk by chunk, each at most what the
+    tail skb still takes (skb_room first, then size_goal per new skb: one MSS on loopback) and
+    what the page has left, with sk_page_frag_refill before each chunk (so an skb that ends within
+    32 bytes of the page's end moves the frag to a new page), then skb_copy_to_page_nocache at
+    pfrag->offset.  The skb takes its own page reference (held until TCP lets go, sim/tcp.py)."""
+    room = skb_room or sk.mss
     while n > 0:
         frag.refill()
         page = frag.page
         assert page is not None
-        use = min(n, PAGE_FRAG_SIZE - frag.offset)
+        use = min(n, room, PAGE_FRAG_SIZE - frag.offset)
         page.held += use
         tcp_took(sk, page, use)
         frag.offset += use
         n -= use
+        room = room - use or sk.mss  # a full skb: tcp_sendmsg_locked starts a new one
 
 
 def sk_msg_alloc(msg: SkMsg, data: bytes, pos: int, n: int, frag: PageFrag) -> tuple[int, bool]:

@@ -40,6 +40,8 @@ STALE_SK_REDIR = "stale_sk_redir"
 FIONREAD_INGRESS_MSG = "fionread_ingress_msg"
 FIONREAD_TCP_INQ = "fionread_tcp_inq"
 MEMCOPY_RETURNS_COPIED = "memcopy_returns_copied"
+PUSH_COPIES_TO_TASK_FRAG = "push_copies_to_task_frag"
+TCP_BPF_SENDPAGE = "tcp_bpf_sendpage"
 
 BEHAVIOURS: dict[str, Behaviour] = {b.name: b for b in (
     Behaviour(
@@ -82,6 +84,34 @@ BEHAVIOURS: dict[str, Behaviour] = {b.name: b for b in (
         "measured)",
         "corpus/seeds/T06_coalesce_after_partial_push_returns_0.json; docs/kernel-notes.md N14",
     ),
+    Behaviour(
+        PUSH_COPIES_TO_TASK_FRAG,
+        "tcp_bpf_push (PASS, egress redirect) hands each element to a tcp_sendmsg_locked that has no "
+        "MSG_SPLICE_PAGES branch, so TCP copies the bytes into the sending thread's page frag "
+        "(sk_page_frag = current->task_frag, the frag sk_msg_alloc takes from) right after the message's "
+        "own bytes, as a plain send does, and the element's page reference is put at once; without it, "
+        "TCP takes page references to the elements and the frag does not move",
+        "Debian 6.1.184 (6.1.187-1 upload) took 'tcp_bpf: Inline do_tcp_sendpages as it's now a wrapper "
+        "around tcp_sendmsg' and 'tcp_bpf, smc, tls, espintcp, siw: Reduce MSG_SENDPAGE_NOTLAST usage' "
+        "without 'tcp: Support MSG_SPLICE_PAGES' (6.5); so 6.1.184.. only. 6.12.118, 7.2.13 and 6.18.44 "
+        "splice the pages (tcp_sendmsg_locked sets zc for MSG_SPLICE_PAGES)",
+        "corpus/seeds/T02_shared_thread_frag_continues.json (run 1 window 20000 on 6.1.192, 12768 on "
+        "6.18.44), corpus/kernel-bugs/K4_partial_push_then_coalesce_*.json (no K4 on 6.1.192); "
+        "docs/kernel-notes.md N19",
+    ),
+    Behaviour(
+        TCP_BPF_SENDPAGE,
+        "sendfile and splice on a socket with a msg program call tcp_bpf_sendpage once per pipe buffer "
+        "(<= 4096 bytes; generic_splice_sendpage -> pipe_to_sendpage): each page is an sg.copy element "
+        "by reference (empty window, a pull always copies it), the cork accounting and the program run "
+        "per page, with no sk_err check and copied returned unclamped (sim/sendpage.py); without it, "
+        "splice_to_socket makes one tcp_bpf_sendmsg call per batch of up to 16 buffers (spec §8.1)",
+        "every kernel before 6.5, where 'tcp_bpf: Convert tcp_bpf_sendpage() to use MSG_SPLICE_PAGES' and "
+        "'splice, net: Use sendmsg(MSG_SPLICE_PAGES) rather than ->sendpage()' removed it; Debian 6.1.192 "
+        "still has it. Absent from 6.12.118, 7.2.13, 6.18.44",
+        "corpus/seeds/W19_sendfile_batching.json (25 runs on 6.1.192, 2 on 6.18.44); spec §8.2, App. B Q3; "
+        "corpus/matrix/S01-S10; docs/kernel-notes.md N19",
+    ),
 )}
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (
@@ -96,6 +126,27 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
         "Linux 6.18.44 build fc-v1045: a redirect target left on the message by an earlier run is ignored",
     ),
 )}
+
+# Debian's kernels that run in VMs (kernel_runner/vm/catalog.py), each chosen by its probes
+# inside the VM (diffuzz kernels fetch NAME) and read off its source (docs/kernel-notes.md N17, N19).
+PROFILES.update({p.name: p for p in (
+    Profile(
+        "7.2.13",
+        frozenset({STALE_SK_REDIR, FIONREAD_INGRESS_MSG, FIONREAD_TCP_INQ, MEMCOPY_RETURNS_COPIED}),
+        "Debian's 7.2.13 (sid): FIONREAD counts ingress_msg and TCP's queue; the copy returns what it copied",
+    ),
+    Profile(
+        "6.12.118",
+        frozenset({STALE_SK_REDIR, FIONREAD_INGRESS_MSG, FIONREAD_TCP_INQ}),
+        "Debian's 6.12.118 (trixie): FIONREAD counts ingress_msg and TCP's queue; the copy returns its last chunk",
+    ),
+    Profile(
+        "6.1.192",
+        frozenset({STALE_SK_REDIR, PUSH_COPIES_TO_TASK_FRAG, TCP_BPF_SENDPAGE}),
+        "Debian's 6.1.192 (bookworm): FIONREAD is TCP's only; the copy returns its last chunk; a push "
+        "copies the bytes into the sending thread's page frag; sendfile/splice go through sendpage, per page",
+    ),
+)})
 
 # The profile the spec, the seeds' "expected" blocks and every corpus kernel.json recorded before
 # profiles existed were written against.

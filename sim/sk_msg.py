@@ -104,7 +104,7 @@ class Elem:
         self.unk = unk
         self.page = page  # the page-frag page, or None for pages from alloc_pages (push/pop/pull)
         self.pend = pend  # offset in `page` just past this element's bytes
-        self.copy = copy  # sg.copy: always False on the >= 6.5 sendmsg path (spec §1.3)
+        self.copy = copy  # sg.copy: set only by 6.1's sendpage (sim/sendpage.py); never on >= 6.5 (spec §1.3)
 
     def slice(self, a: int, b: int) -> Elem:
         """Bytes [a, b) of this element, still in the same page."""

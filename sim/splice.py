@@ -1,4 +1,7 @@
-"""fs/splice.c on kernels >= 6.5: sendfile and splice into a socket (spec §8.1).
+"""fs/splice.c: sendfile and splice into a socket (spec §8.1, §8.2).
+
+Kernels >= 6.5 (splice_to_socket, below) and, with the profile behaviour tcp_bpf_sendpage,
+6.1's generic_splice_sendpage (splice_from_pipe): one sendpage call per pipe buffer.
 
 The payload sits in page-sized (4096-byte) pipe buffers.  splice_to_socket sends up to 16
 buffers per sock_sendmsg call and, when a call takes only part of its batch, offers the
@@ -46,15 +49,47 @@ def splice_to_socket(sock_sendmsg: SendMsg, data: bytes, more: bool) -> int:
     return spliced
 
 
-def do_sendfile(sock_sendmsg: SendMsg, data: bytes) -> int:
+def splice_from_pipe(sendpage: SendMsg, data: bytes, more: bool) -> int:
+    """6.1's __splice_from_pipe with pipe_to_sendpage (generic_splice_sendpage): the socket's
+    sendpage once per pipe buffer (<= 4096 bytes), with MSG_MORE for SPLICE_F_MORE.
+
+    splice_from_pipe_feed: a call that takes only part of a buffer is followed by a call for the
+    rest of the same buffer; a call that returns <= 0 ends the splice, which returns the bytes
+    spliced so far, else that value.  MSG_SENDPAGE_NOTLAST, set for every buffer but the pipe's
+    last, is not passed: on 6.1.184+ tcp_bpf_push hands the bytes to tcp_sendmsg_locked, which
+    ignores it (plain TCP's do_tcp_sendpages does not push on it, and that path keeps the batch
+    of splice_to_socket: the last buffer pushes what the others left queued, sim/syscalls.py).
+    A call that claims more than the buffer holds (K1: tcp_bpf_sendpage returns copied
+    unclamped) makes the kernel's unsigned buf->len and total_len wrap; the model ends the
+    splice with that count, as splice_to_socket does.
+    """
+    spliced = 0
+    flags = MSG_MORE if more else 0
+    for start in range(0, len(data), PIPE_BUF_SIZE):
+        buf = data[start : start + PIPE_BUF_SIZE]
+        off = 0
+        while off < len(buf):
+            ret = sendpage(buf[off:] if off else buf, flags)
+            if ret <= 0:
+                return spliced if spliced else ret
+            spliced += ret
+            if ret > len(buf) - off:
+                return spliced
+            off += ret
+    return spliced
+
+
+def do_sendfile(sock_sendmsg: SendMsg, data: bytes, per_page: bool = False) -> int:
     """splice_direct_to_actor: read up to one pipe of the file, splice it, repeat; stop
-    early when a batch is not sent whole.  Returns the total or the first error."""
+    early when a batch is not sent whole.  Returns the total or the first error.  per_page:
+    6.1's sendpage path (splice_from_pipe), `sock_sendmsg` then being the sendpage."""
     total = 0
     pos = 0
     n = len(data)
+    actor = splice_from_pipe if per_page else splice_to_socket
     while pos < n:
         batch = data[pos : pos + PIPE_BATCH]
-        ret = splice_to_socket(sock_sendmsg, batch, pos + len(batch) < n)
+        ret = actor(sock_sendmsg, batch, pos + len(batch) < n)
         if ret <= 0:
             return total if total else ret
         total += ret
@@ -64,9 +99,10 @@ def do_sendfile(sock_sendmsg: SendMsg, data: bytes) -> int:
     return total
 
 
-def do_splice(sock_sendmsg: SendMsg, data: bytes, more: bool) -> int:
-    """splice(pipe -> socket, len, flags) after write(pipe, payload): one splice_to_socket.
+def do_splice(sock_sendmsg: SendMsg, data: bytes, more: bool, per_page: bool = False) -> int:
+    """splice(pipe -> socket, len, flags) after write(pipe, payload): one splice_to_socket
+    (per_page: splice_from_pipe; the one write filled whole 4096-byte buffers, pipe_write).
     `more` is SPLICE_F_MORE; the whole payload fits in one batch (case.MAX_SPLICE)."""
     if not data:
         return 0
-    return splice_to_socket(sock_sendmsg, data, more)
+    return (splice_from_pipe if per_page else splice_to_socket)(sock_sendmsg, data, more)

@@ -27,6 +27,8 @@ Decisions taken where the spec leaves room (each from the kernel source; see the
   their frag across sends; where the layout then depends on when TCP frees what was read, the
   notes say `layout_doubt` (the first send concerned).  (sim/page_frag.py)
 - A send whose more_data loop cannot end is reported as a hang.  (sim/tcp_bpf.py)
+- Under tcp_bpf_sendpage (6.1) sendfile/splice on a socket in config TX call tcp_bpf_sendpage
+  once per pipe buffer; plain TCP keeps the batch (sock_sendpage).  (sim/sendpage.py, sim/splice.py)
 - sockopts (SO_SNDBUF / SO_RCVBUF) are ignored: buffers are unlimited.  (sim/tcp.py)
 """
 from __future__ import annotations
@@ -53,6 +55,7 @@ from diffuzz.contract.outcome import Data, Endpoint, EventResult, Outcome, Ret, 
 from sim.helpers import ModelHang
 from sim.page_frag import PageFrag, tcp_copy_to_frag
 from sim.profile import REFERENCE, Profile
+from sim.sendpage import tcp_bpf_sendpage
 from sim.splice import do_sendfile, do_splice
 from sim.tcp import Sock, release_sock, tcp_close, tcp_let_go, tcp_sendmsg_locked, tcp_shutdown
 from sim.tcp_bpf import tcp_bpf_ioctl_inq, tcp_bpf_recvmsg, tcp_bpf_sendmsg
@@ -93,12 +96,24 @@ def sock_sendmsg(w: World, sk: Sock, data: bytes, flags: int, splice_pages: bool
     if psock is not None and psock.prog:
         ret = tcp_bpf_sendmsg(w, sk, data, flags)
     else:
+        skb_room = sk.wq.tail_room(sk.mss)
         ret = tcp_sendmsg_locked(w.sig, sk, data, None, flags)
         if ret > 0 and w.named and not splice_pages:
-            tcp_copy_to_frag(w.frag, sk, ret)  # the same task frag (a fresh one is thrown away)
+            tcp_copy_to_frag(w.frag, sk, ret, skb_room)  # the same task frag (a fresh one is thrown away)
     # Both take the socket lock for one call: the RST that call's segments provoked is
     # processed at its release_sock, so a splice/sendfile's next sock_sendmsg of the same
     # syscall already finds the socket reset.
+    release_sock(sk)
+    return ret
+
+
+def sock_sendpage(w: World, sk: Sock, data: bytes, flags: int) -> int:
+    """kernel_sendpage -> inet_sendpage -> sk_prot->sendpage for one pipe buffer, on a kernel
+    with the tcp_bpf_sendpage behaviour and a socket in config TX: tcp_bpf_sendpage, which
+    takes and releases the socket lock for this page alone (its RSTs are processed before the
+    next page).  Plain TCP keeps the batch path: do_tcp_sendpages does not push a page marked
+    MSG_SENDPAGE_NOTLAST, so nothing leaves before the pipe's last buffer, as with one call."""
+    ret = tcp_bpf_sendpage(w, sk, data, flags)
     release_sock(sk)
     return ret
 
@@ -119,10 +134,17 @@ def send_event(w: World, i: int, ev: SendEvent, kind: str, flags: int) -> EventR
     if kind == "sendmsg":
         ret = sock_sendmsg(w, sk, data, flags)
     else:
+        per_page = w.sendpage and sk.psock is not None and bool(sk.psock.prog)
+
         def sendmsg(chunk: bytes, msg_flags: int) -> int:
+            if per_page:
+                return sock_sendpage(w, sk, chunk, msg_flags)
             return sock_sendmsg(w, sk, chunk, msg_flags, True)
 
-        ret = do_sendfile(sendmsg, data) if kind == "sendfile" else do_splice(sendmsg, data, bool(flags))
+        if kind == "sendfile":
+            ret = do_sendfile(sendmsg, data, per_page)
+        else:
+            ret = do_splice(sendmsg, data, bool(flags), per_page)
     if w.frag.doubt and w.layout_doubt is None:
         w.layout_doubt = i
     w.settle()

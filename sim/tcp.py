@@ -109,6 +109,13 @@ class WriteQueue(RxQueue):
         if data:  # the EOR mark is set only once bytes were copied
             self.eor = eor
 
+    def tail_room(self, size_goal: int) -> int:
+        """Bytes the tail skb still takes (size_goal - skb->len), 0 when a new skb starts: the
+        first chunk of the next tcp_sendmsg_locked copy ends there (sim/page_frag.py)."""
+        if self.skbs and not self.eor:
+            return max(size_goal - self.skbs[-1], 0)
+        return 0
+
     def sendable(self, cork: bool, mss: int) -> int:
         """Bytes tcp_write_xmit sends now: all, or all but a partial last skb when corked."""
         if cork and self.skbs and self.skbs[-1] < mss:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sim.helpers import SK_PASS, U32, ModelHang, bpf_prog_run
-from sim.page_frag import reserved_start, sk_msg_alloc, sk_msg_memcopy_from_iter
+from sim.page_frag import reserved_start, sk_msg_alloc, sk_msg_memcopy_from_iter, tcp_copy_to_frag
 from sim.psock import (
     SK_DROP_EVAL,
     SK_NONE,
@@ -73,7 +73,13 @@ def sk_psock_msg_verdict(w: World, sk: Sock, psock: Psock, msg: SkMsg) -> int:
 
 def tcp_bpf_push(w: World, sk: Sock, msg: SkMsg, apply_bytes: int, flags: int) -> int:
     """§5.1: hand the first apply_bytes bytes (all when 0) to sk's TCP, element by element.
-    An empty message still makes one 0-byte tcp_sendmsg_locked call (its error counts)."""
+    An empty message still makes one 0-byte tcp_sendmsg_locked call (its error counts).
+
+    Profile behaviour push_copies_to_task_frag (sim/profile.py, 6.1.184+): MSG_SPLICE_PAGES
+    means nothing to that kernel's tcp_sendmsg_locked, so it copies the element's bytes into
+    the sending thread's task frag (also for an egress target: `current` is the sender) while
+    the element still holds its page, and tcp_bpf_push then puts the element's reference.
+    Elsewhere TCP takes a reference to the element's page and the frag stays where it was."""
     apply = apply_bytes != 0
     elems = msg.elems
     if not elems:
@@ -83,6 +89,7 @@ def tcp_bpf_push(w: World, sk: Sock, msg: SkMsg, apply_bytes: int, flags: int) -
         e = elems[0]
         ln = len(e.data)
         size = apply_bytes if apply and apply_bytes < ln else ln
+        skb_room = sk.wq.tail_room(sk.mss)
         if size == ln:
             r = tcp_sendmsg_locked(w.sig, sk, e.data, e.unk, flags)
         else:
@@ -90,7 +97,11 @@ def tcp_bpf_push(w: World, sk: Sock, msg: SkMsg, apply_bytes: int, flags: int) -
             r = tcp_sendmsg_locked(w.sig, sk, e.data[:size], clip_ranges(e.unk, 0, size), flags | MSG_MORE)
         if r <= 0:
             return r
-        tcp_took(sk, e.page, r)
+        if w.push_copies:
+            tcp_copy_to_frag(w.frag, sk, r, skb_room)
+            e.put(r)  # the pushed bytes no longer refer to the element's page (put_page once it is empty)
+        else:
+            tcp_took(sk, e.page, r)
         msg.size -= r
         if apply:
             apply_bytes -= r

@@ -15,8 +15,10 @@ from sim.profile import (
     FIONREAD_INGRESS_MSG,
     FIONREAD_TCP_INQ,
     MEMCOPY_RETURNS_COPIED,
+    PUSH_COPIES_TO_TASK_FRAG,
     REFERENCE,
     STALE_SK_REDIR,
+    TCP_BPF_SENDPAGE,
     Profile,
 )
 from sim.sockmap import SockMap
@@ -50,8 +52,10 @@ class World:
         "pinned",
         "profile",
         "program",
+        "push_copies",
         "run_count",
         "runs",
+        "sendpage",
         "sig",
         "socks",
         "stale_sk_redir",
@@ -64,6 +68,8 @@ class World:
         # The profile's behaviours, read once: the hot path tests plain attributes.
         self.stale_sk_redir = profile.has(STALE_SK_REDIR)
         self.memcopy_copied = profile.has(MEMCOPY_RETURNS_COPIED)
+        self.push_copies = profile.has(PUSH_COPIES_TO_TASK_FRAG)
+        self.sendpage = profile.has(TCP_BPF_SENDPAGE)
         self.fionread = (profile.has(FIONREAD_INGRESS_MSG), profile.has(FIONREAD_TCP_INQ))
         self.program = case.program
         self.last_prog = len(case.program) - 1

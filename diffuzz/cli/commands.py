@@ -26,10 +26,12 @@ from diffuzz.cli.common import (
     CaseFailed,
     Unusable,
     choose_profile,
+    kernel_option,
     load_or_fail,
     model_runner,
     one_line,
     profile_option,
+    remember_profile,
     run_kernel,
 )
 from diffuzz.cli.generate import generate as generate_command
@@ -109,8 +111,9 @@ _backend_option = click.option(
 @click.option("--side", type=click.Choice(SIDES), required=True, help="Which side runs the case.")
 @click.option("--json", "as_json", is_flag=True, help="Print the Outcome as JSON (docs/case-format.md).")
 @_backend_option
+@kernel_option
 @profile_option
-def run(case: str, side: str, as_json: bool, backend: str, kernel_profile: str | None) -> int:
+def run(case: str, side: str, as_json: bool, backend: str, kernel: str, kernel_profile: str | None) -> int:
     """Run CASE on one side and print what it observed.  The model runs under --kernel-profile,
     else under the profile this kernel's probes choose (the reference profile without a kernel).
 
@@ -118,13 +121,14 @@ def run(case: str, side: str, as_json: bool, backend: str, kernel_profile: str |
     Examples:
       diffuzz run corpus/seeds/pass_one_send.json --side model
       diffuzz run corpus/seeds/pass_one_send.json --side kernel --backend bcc --json
+      diffuzz run corpus/seeds/pass_one_send.json --side kernel --kernel vm:6.1
     """
     loaded = load_or_fail(case)
     try:
         if side == "kernel":
-            outcome = run_kernel(loaded, backend)
+            outcome = run_kernel(loaded, backend, kernel)
         else:
-            outcome = model_runner(_model_profile(kernel_profile, backend))(loaded)
+            outcome = model_runner(_model_profile(kernel_profile, backend, kernel))(loaded)
     except CaseFailed as e:
         raise CaseFailed(f"{case}: {e.message}") from None
     if as_json:
@@ -142,8 +146,10 @@ def run(case: str, side: str, as_json: bool, backend: str, kernel_profile: str |
               help="One JSON object per case per line: case, agree, differences, kernel, model.")
 @click.option("-v", "--verbose", is_flag=True, help="Show the full view for agreeing cases too.")
 @_backend_option
+@kernel_option
 @profile_option
-def reproduce(cases: tuple[str, ...], as_json: bool, verbose: bool, backend: str, kernel_profile: str | None) -> int:
+def reproduce(cases: tuple[str, ...], as_json: bool, verbose: bool, backend: str, kernel: str,
+              kernel_profile: str | None) -> int:
     """Run each CASE on the kernel and on the model and show where they differ.
 
     The case is printed as a step list, then both outcomes side by side with the differing
@@ -158,6 +164,7 @@ def reproduce(cases: tuple[str, ...], as_json: bool, verbose: bool, backend: str
     Examples:
       diffuzz reproduce corpus/findings/3f2a9c.json
       diffuzz reproduce corpus/seeds/*.json
+      diffuzz reproduce corpus/seeds/*.json --kernel vm:6.12
     """
     from diffuzz.engine.expect import model_out_of_scope
     from diffuzz.engine.oracle import judge
@@ -165,7 +172,8 @@ def reproduce(cases: tuple[str, ...], as_json: bool, verbose: bool, backend: str
     # Read every file first: a typo in the tenth file should not cost nine kernel runs.
     loaded = [(path, load_or_fail(path)) for path in cases]
     show_all = verbose or len(loaded) == 1
-    choice = choose_profile(kernel_profile, lambda c: run_kernel(c, backend))
+    choice = choose_profile(kernel_profile, lambda c: run_kernel(c, backend, kernel))
+    remember_profile(kernel, choice)
     run_model = model_runner(choice)
     if not as_json:
         click.echo(f"diffuzz reproduce: {choice.line()}")
@@ -178,7 +186,7 @@ def reproduce(cases: tuple[str, ...], as_json: bool, verbose: bool, backend: str
         con = view.console()
     for path, case in loaded:
         try:
-            kernel = run_kernel(case, backend)
+            k_out = run_kernel(case, backend, kernel)
         except CaseFailed as e:
             # One case the kernel could not run does not stop the others; the exit code says it (2).
             failed += 1
@@ -188,7 +196,7 @@ def reproduce(cases: tuple[str, ...], as_json: bool, verbose: bool, backend: str
                 click.echo(f"diffuzz: error: {path}: {e.message}", err=True)
             continue
         model = run_model(case)
-        v = judge(case, kernel, model)
+        v = judge(case, k_out, model)
         known = list(model.notes.get("kernel_bugs", ()))
         # A case that says the model does not predict it (meta.model_scope "kernel-only: ...", e.g.
         # TCP back-pressure) is judged on the kernel's promises alone.
@@ -200,21 +208,22 @@ def reproduce(cases: tuple[str, ...], as_json: bool, verbose: bool, backend: str
             record = {
                 "case": path,
                 "kernel_profile": choice.profile.name,
+                "on": kernel,
                 "agree": not v.kinds,
                 "model_scope": scope,
                 "differences": [{"path": d.path, "kernel": d.kernel, "model": d.model} for d in v.differences
                                 if not d.path.startswith("invariant.")],
                 "broken": {"kernel": [asdict(b) for b in v.kernel_broken],
                            "model": [asdict(b) for b in v.model_broken], "model_copies": known},
-                "kernel": kernel.to_dict(),
+                "kernel": k_out.to_dict(),
                 "model": model.to_dict(),
             }
             click.echo(json.dumps(record, default=_json_default))
             continue
         if v.kinds or v.model_broken or show_all:
-            view.print_reproduce(con, path, case, kernel, model, list(v.differences))
+            view.print_reproduce(con, path, case, k_out, model, list(v.differences))
         else:
-            view.print_agree_line(con, path, case, kernel, scope)
+            view.print_agree_line(con, path, case, k_out, scope)
         if v.kernel_broken or v.model_broken:
             view.print_broken(con, path, v.kernel_broken, v.model_broken, known)
     if not as_json and len(loaded) > 1:
@@ -224,13 +233,13 @@ def reproduce(cases: tuple[str, ...], as_json: bool, verbose: bool, backend: str
     return 1 if differing else 0
 
 
-def _model_profile(forced: str | None, backend: str) -> Any:
+def _model_profile(forced: str | None, backend: str, kernel: str = "host") -> Any:
     """For the model alone: --kernel-profile as given; else probe this kernel when it can run
     cases, and the reference profile (said on stderr) when it cannot."""
     if forced is not None:
         return choose_profile(forced, None)
     try:
-        return choose_profile(None, lambda c: run_kernel(c, backend))
+        return choose_profile(None, lambda c: run_kernel(c, backend, kernel))
     except Unusable as e:
         click.echo(f"diffuzz: note: model under the reference kernel profile; the kernel cannot be probed: "
                    f"{one_line(e.format_message())}", err=True)
@@ -289,6 +298,7 @@ def _unavailable(name: str, reason: str) -> click.Command:
 
 
 _add_optional_commands(main, "diffuzz.cli.fuzz", ("fuzz", "minimize"))
+_add_optional_commands(main, "diffuzz.cli.kernels", ("kernels", "matrix"))
 main.add_command(generate_command, "generate")
 
 

@@ -75,28 +75,74 @@ def choose_profile(forced: str | None, kernel: Callable[[Case], Outcome] | None)
         raise BadInput(str(e)) from None
 
 
-def run_kernel(case: Case, backend: str) -> Outcome:
+def run_kernel(case: Case, backend: str, kernel: str = "host") -> Outcome:
     """kernel_runner.local.run, with every 'this machine cannot' failure turned into Unusable."""
     try:
         from kernel_runner.backend import KernelUnsupported
     except ImportError as e:
         raise Unusable(f"the kernel side is not available: {e}") from None
+    if kernel != "host" and backend != "interp":
+        raise BadInput(f"--backend {backend} runs on the host kernel only (a guest has the interpreter program, "
+                       "no bcc); use --backend interp with --kernel vm:NAME")
     try:
         from kernel_runner import local
     except ImportError as e:
         raise Unusable(f"the kernel side is not available: {e}") from None
     try:
-        outcome = local.run(case, backend=backend)
+        outcome = local.run(case, backend=backend, kernel=kernel)
     except KernelUnsupported as e:
-        raise Unusable(f"kernel side ({backend}): {e}") from None
+        raise Unusable(f"kernel side ({kernel_label(kernel, backend)}): {e}") from None
     except OSError as e:
         if e.errno in _UNUSABLE_ERRNOS:
-            raise Unusable(f"kernel side ({backend}): {e}; run `diffuzz doctor` to see what is missing") from None
+            raise Unusable(f"kernel side ({kernel_label(kernel, backend)}): {e}; run `diffuzz doctor` to see "
+                           "what is missing") from None
         raise
     if "error" in outcome.notes:
         error = one_line(str(outcome.notes["error"]))
-        raise CaseFailed(f"the kernel side ({backend}) could not run the case: {error}")
+        raise CaseFailed(f"the kernel side ({kernel_label(kernel, backend)}) could not run the case: {error}")
     return outcome
+
+
+def kernel_label(kernel: str, backend: str) -> str:
+    return backend if kernel == "host" else f"{kernel}, {backend}"
+
+
+def check_kernel(value: str) -> str:
+    """host, or vm:NAME with NAME a kernel kernel_runner/vm/catalog.py knows (fetched or not: using
+    one that is not fetched says how to fetch it); BadInput otherwise."""
+    if value == "host":
+        return value
+    from kernel_runner.vm.catalog import KERNELS
+
+    name = value[len("vm:"):] if value.startswith("vm:") else None
+    if name not in KERNELS:
+        raise BadInput(f"kernel {value!r}: use host or one of {', '.join('vm:' + k for k in KERNELS)} "
+                       "(diffuzz kernels lists them)")
+    return value
+
+
+def _check_kernel(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    try:
+        return check_kernel(value)
+    except BadInput as e:
+        raise click.BadParameter(e.message) from None
+
+
+def remember_profile(kernel: str, choice: Any) -> None:
+    """Keep a VM kernel's probed profile beside it, for `diffuzz kernels` (the host is probed live)."""
+    if kernel == "host" or not choice.probes or choice.forced:
+        return
+    from kernel_runner.vm.catalog import save_profile
+
+    save_profile(kernel[len("vm:"):], choice.to_dict())
+
+
+# --kernel: where the kernel side runs (kernel_runner/vm/ for VMs).
+kernel_option = click.option(
+    "--kernel", "kernel", metavar="host|vm:NAME", default="host", show_default=True, callback=_check_kernel,
+    help="The kernel to run on: this host's, or a VM of a fetched kernel (diffuzz kernels; "
+         "diffuzz kernels fetch NAME).",
+)
 
 
 

@@ -249,6 +249,25 @@ def probe_interp() -> str | None:
     return None
 
 
+def probe_vm() -> str | None:
+    """None when VMs can run here: qemu 10 or newer, the guest image's tools, the smoke test's kernel."""
+    import shutil
+
+    from kernel_runner.vm import catalog, image
+
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        return "qemu-system-x86_64 is missing (bash scripts/setup.sh --vm installs it)"
+    tools = image.check_tools()
+    if tools:
+        return f"the guest image cannot be built: {tools} (bash scripts/setup.sh --vm)"
+    if catalog.fetched(SMOKE_KERNEL) is None:
+        return f"VM kernel {SMOKE_KERNEL} is not fetched (diffuzz kernels fetch {SMOKE_KERNEL})"
+    return None
+
+
+SMOKE_KERNEL = "6.12"  # the kernel `setup.sh --test` fetches for the VM smoke test
+
 # The probes the test suite uses to skip, by feature name (tests/conftest.py).
 FEATURES: dict[str, Callable[[], str | None]] = {
     "root": probe_root,
@@ -257,6 +276,7 @@ FEATURES: dict[str, Callable[[], str | None]] = {
     "clang": probe_clang,
     "bcc": probe_bcc,
     "interp": probe_interp,
+    "vm": probe_vm,
 }
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import click
 
-from diffuzz.cli.common import profile_option
+from diffuzz.cli.common import kernel_option, profile_option, remember_profile
 from diffuzz.contract.case import Case
 from diffuzz.contract.outcome import Outcome
 
@@ -49,18 +49,31 @@ def _check_profile_name(forced: str | None) -> None:
         choose_profile(forced, None)
 
 
-def _pool(jobs: int, backend: str, deadline: float) -> Any:
-    from diffuzz.cli.common import Unusable
+def _pool(jobs: int, backend: str, deadline: float, kernel: str = "host") -> Any:
+    from diffuzz.cli.common import BadInput, Unusable, kernel_label
 
+    if kernel != "host" and backend != "interp":
+        raise BadInput(f"--backend {backend} runs on the host kernel only; use --backend interp with --kernel {kernel}")
     try:
         from kernel_runner.backend import KernelUnsupported
         from kernel_runner.pool import KernelPool
     except ImportError as e:
         raise Unusable(f"the kernel side is not available: {e}") from None
     try:
-        return KernelPool(jobs=jobs, backend=backend, deadline=deadline)
+        return KernelPool(jobs=jobs, backend=backend, deadline=deadline, kernel=kernel)
     except KernelUnsupported as e:
-        raise Unusable(f"kernel side ({backend}): {e}; run `diffuzz doctor` to see what is missing") from None
+        raise Unusable(f"kernel side ({kernel_label(kernel, backend)}): {e}; run `diffuzz doctor` to see what is "
+                       "missing") from None
+
+
+def _independent(deadline: float, kernel: str) -> Any:
+    """The bcc backend for confirmation: on the host kernel only (a guest has no bcc), so a VM
+    campaign confirms by re-running in the VM and says the independent check was not made."""
+    from diffuzz.engine.confirm import Independent
+
+    if kernel != "host":
+        return Independent(None, f"the bcc backend runs on the host kernel, not in {kernel}")
+    return Independent(_independent_factory(deadline))
 
 
 def _independent_factory(deadline: float) -> Callable[[], Any]:
@@ -121,22 +134,24 @@ class _StopOnSignal:
               help="Time budget for minimizing one new finding.")
 @click.option("--stats-interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
               help="Seconds between rewrites of WORKDIR/stats.json and state.json.")
+@kernel_option
 @profile_option
 def fuzz(duration: float | None, n_cases: int | None, seed: int | None, jobs: int | None, workdir: str,
          engine_name: str, backend: str, deadline: float, minimize_seconds: float, stats_interval: float,
-         kernel_profile: str | None) -> int:
+         kernel: str, kernel_profile: str | None) -> int:
     """Differential fuzzing: random cases on the kernel and on the model, every difference
     confirmed, minimized and saved under WORKDIR/findings/.  The model runs under the kernel
     profile the probes choose (or --kernel-profile), named on the first line and recorded in
-    stats.json, events.jsonl and every finding."""
+    stats.json, events.jsonl and every finding.  With --kernel vm:NAME every worker is a VM of
+    that kernel (diffuzz kernels), and the deadline is stretched by the guest's slowdown."""
     import sys
 
     from diffuzz.cli.common import Unusable
     from diffuzz.cli.status import Status
     from diffuzz.engine.campaign import Campaign, CampaignError
-    from diffuzz.engine.confirm import Independent
     from diffuzz.engine.corpus import Corpus
     from diffuzz.engine.loop import Engine, FuzzConfig
+    from diffuzz.engine.zone import GenConfig
 
     if engine_name == "atheris":
         try:
@@ -145,24 +160,30 @@ def fuzz(duration: float | None, n_cases: int | None, seed: int | None, jobs: in
             raise Unusable("--engine atheris needs atheris: .venv/bin/pip install atheris") from None
     _check_profile_name(kernel_profile)
     try:
-        campaign = Campaign.open(workdir, sys.argv, os.uname().release, engine_name, flush_interval=stats_interval)
+        where = os.uname().release if kernel == "host" else kernel
+        campaign = Campaign.open(workdir, sys.argv, where, engine_name, flush_interval=stats_interval)
     except CampaignError as e:
         raise Unusable(str(e)) from None
     reason = "error"
     try:
         seed = campaign.stream_seed(seed, int(time.time()) & 0xFFFF_FFFF)
-        pool = _pool(jobs or (os.cpu_count() or 1), backend, deadline)
+        pool = _pool(jobs or (os.cpu_count() or 1), backend, deadline, kernel)
         choice, model = _profiled_model(kernel_profile, pool)
+        remember_profile(kernel, choice)
         campaign.set_kernel_profile(choice.to_dict())
         corpus = Corpus(workdir)
         corpus.remove_stale_tmp()
         status = Status()
-        independent = Independent(_independent_factory(deadline))
-        engine = Engine(FuzzConfig(seed=seed, cases=n_cases, duration=duration, minimize_seconds=minimize_seconds),
+        independent = _independent(deadline, kernel)
+        # In a VM the cases the host must never run are let in (docs/zone.md, the VM-only rules).
+        gen = GenConfig(vm=True) if kernel != "host" else GenConfig()
+        engine = Engine(FuzzConfig(seed=seed, cases=n_cases, duration=duration, minimize_seconds=minimize_seconds,
+                                   gen=gen),
                         pool, model, corpus, independent, on_event=status.update, campaign=campaign)
         resumed = f", resuming session {campaign.sessions} at case {campaign.execs:,}" if campaign.sessions > 1 else ""
         status.console.print(f"diffuzz fuzz: {choice.line()}, engine {engine_name}, seed {seed}, "
-                             f"{pool.jobs} kernel worker(s), backend {backend}, campaign in {workdir}/{resumed}")
+                             f"{pool.jobs} kernel worker(s){'' if kernel == 'host' else ' in ' + kernel}, "
+                             f"backend {backend}, campaign in {workdir}/{resumed}")
         try:
             with _StopOnSignal(engine):
                 if engine_name == "atheris":

@@ -64,10 +64,10 @@ class Independent:
     build or run it makes the backend "unavailable" with the reason, once, for the whole run.
     """
 
-    def __init__(self, factory: Callable[[], Any] | None) -> None:
+    def __init__(self, factory: Callable[[], Any] | None, why_not: str = "no independent backend configured") -> None:
         self.factory = factory
         self.runner: Any = None
-        self.unavailable: str | None = None if factory else "no independent backend configured"
+        self.unavailable: str | None = None if factory else why_not
 
     def check(self, case: Case, kinds: Kinds, model_outcome: Outcome) -> str:
         """A sentence for the finding: what the independent backend saw on this case."""

@@ -155,7 +155,7 @@ class _Builder:
         program = self._program(sizes, keys, size)
         if cfg.deterministic:
             events, program = zone_runs(self.ch, events, program, self.hits)
-            events = zone_splice(events, program, self.hits)
+            events = events if cfg.vm else zone_splice(events, program, self.hits)
         # The traceable payload by default: the byte_provenance invariant needs it (engine/provenance.py).
         pattern = "alphabet" if ch.draw_bool(0.2) else "random"
         sockopts: tuple[SockOpt, ...] = ()

@@ -2,27 +2,24 @@
 
 Pipelining: cases go to the kernel pool in batches through `pool.imap(batch)` (its workers run
 them in their own processes, in order), while the main process runs the model on the same
-cases; the model for case i overlaps the kernel work on the cases after it.  A mismatch
-stops the pipeline only for as long as confirmation and minimization take.
+cases; the model for case i overlaps the kernel work on the cases after it (a mismatch stops it
+while it is confirmed and minimized).
 
-Dedup before the expensive part: a mismatch whose (differing fields, helpers, events) were
-already minimized in this run is re-run once (so flaky ones still do not count) and then
-counted on the bucket it produced, without minimizing again.
+Dedup before the expensive part: a mismatch whose (differing fields, helpers, events) were already
+minimized in this run is re-run once (flaky ones still do not count), then counted on its bucket.
 
-Campaign (diffuzz/engine/campaign.py), when one is given: case i of the stream is
-`source(i)` with i from `campaign.next_seed()`, so a resumed campaign continues the stream; every
-case counts an exec and adds its features (diffuzz/engine/features.py on the model outcome) to the
-campaign's coverage; findings, flaky differences and hangs go through record_*.
+Campaign (diffuzz/engine/campaign.py), when one is given: case i of the stream is `source(i)` with i
+from `campaign.next_seed()`, so a resumed campaign continues the stream; every case counts an exec and
+adds its features (features.py, on the model outcome) to its coverage; findings go through record_*.
 
 Faults the loop survives (tests/faults/):
 - a kernel worker that dies mid-case (error outcome): the case is re-run once on a fresh worker
   after the batch, and saved under kernel-errors/ only if it fails again;
-- a kernel hang (the pool kills and replaces the worker): a hang finding, the case saved under
-  hangs/, never re-run or minimized (each run would cost the full deadline);
-- a difference that does not reproduce: counted as flaky, not a finding, and kept under flaky/
-  with both runs' differences (a kernel race looks like this);
-- a finding that cannot be saved (ENOSPC, any OSError): reported once, kept in memory and
-  retried at every tick (every TICK cases); what is still unsaved at the end is printed as case JSON on stderr.
+- a kernel hang or a VM's guest crash (the pool replaces the worker): a finding saved under hangs/ or
+  crashes/ (with the guest's console), never re-run or minimized (each run costs a deadline or a boot);
+- a difference that does not reproduce: flaky, not a finding, kept under flaky/ with both runs' differences;
+- a finding that cannot be saved (ENOSPC, any OSError): reported once, kept in memory and retried at
+  every tick (every TICK cases); what is still unsaved at the end is printed as case JSON on stderr.
 """
 
 from __future__ import annotations
@@ -184,7 +181,7 @@ class Engine(FindingStore):
         self._count(case, m)
         if m is None:
             return None
-        if k.hang and not m.hang:
+        if (k.hang or "crash" in k.notes) and not m.hang:
             self._hang(case, k, index)
             return m
         v = judge(case, k, m)
@@ -277,12 +274,15 @@ class Engine(FindingStore):
         self._keep("kernel-errors", case, index, f"{k.notes.get('error')}\n")
 
     def _hang(self, case: Case, k: Outcome, index: int) -> None:
-        # The pool already killed and replaced the worker.  Not re-run: each run costs the
-        # whole deadline, and a hang finding is read by a person anyway.
+        # The pool already killed and replaced the worker (or VM).  Not re-run: each run costs the
+        # whole deadline (or a guest's life), and a hang or crash finding is read by a person anyway.
+        # A VM's console tail goes with it (kernel_runner/vm/machine.py report()).
+        kind = "crash" if "crash" in k.notes else "hang"
         self.stats.hangs += 1
-        path = self._keep("hangs", case, index, f"{k.notes.get('hang')}\n")
+        console = f"\nconsole:\n{k.notes['console']}\n" if k.notes.get("console") else ""
+        path = self._keep(f"{kind}es" if kind == "crash" else "hangs", case, index, f"{k.notes.get(kind)}\n{console}")
         if self.campaign is not None:
-            self.campaign.record_hang(case_index=index, saved=path, why=str(k.notes.get("hang")))
+            self.campaign.record_hang(case_index=index, saved=path, why=str(k.notes.get(kind)), what=kind)
         self.on_event("hang", self.stats)
 
     def _keep(self, folder: str, case: Case, index: int, why: str) -> str | None:

@@ -97,6 +97,11 @@ def test_reproduce_reads_every_file_before_running_any(tmp_path: Path) -> None:
         (("run", str(SEED), "--side", "model", "--kernel-profile", "6.18.44-v9"),
          "unknown kernel profile '6.18.44-v9'; known: 6.18.44-v657, 6.18.44-v1045"),
         (("doctor", "--kernel-profile", "x"), "unknown kernel profile 'x'"),
+        (("run", str(SEED), "--side", "kernel", "--kernel", "vm:9.9"), "use host or one of vm:6.1, vm:6.12, vm:7.2"),
+        (("run", str(SEED), "--side", "kernel", "--kernel", "vm:6.12", "--backend", "bcc"),
+         "--backend bcc runs on the host kernel only"),
+        (("matrix", str(SEED), "--kernels", "host,bogus"), "kernel 'bogus': use host or one of"),
+        (("kernels", "fetch", "9.9"), "unknown VM kernel '9.9'; known: 6.1, 6.12, 7.2"),
         (("fly",), "No such command 'fly'"),
     ],
 )
