@@ -12,7 +12,7 @@
 #   5. builds the BPF objects (make -C bpf) when bpf/Makefile exists,
 #   6. with --test or --vm, what VMs need (kernel_runner/vm/): qemu 10 or newer (bookworm's 7.2
 #      double-faults 6.12 guests, ../shared/notes/vm-matrix.md; on bookworm it comes from
-#      bookworm-backports, read through a private sources list so nothing else is upgraded) and
+#      bookworm-backports, read through a private sources list and pinned so nothing else is upgraded) and
 #      busybox-static; then fetches VM kernels into ~/.cache/diffuzz/kernels (apt-get download,
 #      never installed): --test the one the VM smoke test boots (6.12), --vm every one.
 # Everything it changes outside the checkout is printed as "setup: CHANGED ..." and appended to
@@ -138,17 +138,23 @@ if [ "${1:-}" = --test ] || [ "${1:-}" = --vm ]; then
         apt_opts=()
         qemu_pkg=qemu-system-x86
         if [ "$codename" = bookworm ]; then
-            # Only bookworm's own suites and its backports: `pkg/bookworm-backports` takes qemu (and
-            # what it needs at that version) from backports and everything else from bookworm.
+            # Only bookworm's own suites and its backports, and a pin that takes the qemu and seabios
+            # source packages from backports: everything else still comes from bookworm (checked in a
+            # fresh debootstrap'd bookworm: 43 packages, 4 of them from backports, qemu 10.0.2).
             aptdir="${XDG_CACHE_HOME:-$HOME/.cache}/diffuzz/apt-host"
             mkdir -p "$aptdir/lists/partial" "$aptdir/archives/partial"
             printf '%s\n' "deb http://deb.debian.org/debian bookworm main" \
                 "deb http://deb.debian.org/debian bookworm-updates main" \
                 "deb http://deb.debian.org/debian-security bookworm-security main" \
                 "deb http://deb.debian.org/debian bookworm-backports main" >"$aptdir/sources.list"
+            # `qemu-system-x86/bookworm-backports` alone fails ("held broken packages"): apt gives up
+            # switching qemu-system-common/-data and seabios to backports.  Pin the qemu and seabios
+            # source packages to backports instead; every other package still comes from bookworm.
+            printf '%s\n' "Package: src:qemu src:seabios" "Pin: release n=bookworm-backports" \
+                "Pin-Priority: 990" >"$aptdir/preferences"
             apt_opts=(-o "Dir::Etc::sourcelist=$aptdir/sources.list" -o "Dir::Etc::sourceparts=/nonexistent"
-                      -o "Dir::State::Lists=$aptdir/lists" -o "Dir::Cache::archives=$aptdir/archives")
-            qemu_pkg=qemu-system-x86/bookworm-backports
+                      -o "Dir::State::Lists=$aptdir/lists" -o "Dir::Cache::archives=$aptdir/archives"
+                      -o "Dir::Etc::preferences=$aptdir/preferences" -o "APT::Sandbox::User=root")
         fi
         want=()
         for m in "${vm_missing[@]}"; do
@@ -158,7 +164,7 @@ if [ "${1:-}" = --test ] || [ "${1:-}" = --vm ]; then
         apt-get "${apt_opts[@]}" update -qq
         apt-get "${apt_opts[@]}" install -y -qq --no-install-recommends "${want[@]}" </dev/null
         changed "apt-get install ${want[*]}"
-        if [ "$(qemu_major)" -lt 10 ] 2>/dev/null; then
+        if ! [ "$(qemu_major)" -ge 10 ] 2>/dev/null; then
             echo "setup: qemu $(qemu_major) is too old for the VMs (10 or newer is needed)" >&2
             exit 1
         fi

@@ -23,10 +23,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sim.psock import SK_NONE
 from sim.sk_msg import Elem, SkMsg
 from sim.tcp import Sock
-from sim.tcp_bpf import tcp_bpf_send_verdict
+from sim.tcp_bpf import cork_account, tcp_bpf_send_verdict
 
 if TYPE_CHECKING:
     from sim.world import World
@@ -51,15 +50,8 @@ def tcp_bpf_sendpage(w: World, sk: Sock, data: bytes, flags: int) -> int:
     sk.acct[0] += size
     copied = size
     enospc = msg.full()
-    if psock.cork_bytes:
-        if size > psock.cork_bytes:
-            psock.cork_bytes = 0
-        else:
-            psock.cork_bytes -= size
-        if psock.cork_bytes and not enospc:
-            return copied  # out_err: the page waits in the cork, counted as sent
-        psock.eval = SK_NONE  # all cork bytes are here: run the program again
-        psock.cork_bytes = 0
+    if psock.cork_bytes and cork_account(psock, size, enospc):
+        return copied  # out_err: the page waits in the cork, counted as sent
     err, copied = tcp_bpf_send_verdict(w, sk, psock, msg, copied, flags)
     if copied > size:
         # Kernel bug K1 (sim/tcp_bpf.py), here handed to splice_from_pipe_feed, whose unsigned

@@ -132,6 +132,21 @@ def bpf_tcp_ingress(w: World, sk: Sock, psock: Psock, msg: SkMsg, apply_bytes: i
     return 0
 
 
+def cork_account(psock: Psock, size: int, enospc: bool) -> bool:
+    """The cork bookkeeping of both send paths (tcp_bpf_sendmsg, 6.1's tcp_bpf_sendpage), with
+    cork_bytes set: True when the message waits in the cork (counted as sent), False when the
+    cork is complete (or the ring full) and the program runs again."""
+    if size > psock.cork_bytes:
+        psock.cork_bytes = 0
+    else:
+        psock.cork_bytes -= size
+    if psock.cork_bytes and not enospc:
+        return True
+    psock.eval = SK_NONE  # all cork bytes are here: run the program again
+    psock.cork_bytes = 0
+    return False
+
+
 def tcp_bpf_sendmsg_redir(w: World, sk: Sock, ingress: bool, msg: SkMsg, nbytes: int, flags: int) -> int:
     """§5.3: deliver to the redirect target; -EPIPE when it has no psock (removed, closed)."""
     psock = sk.psock
@@ -308,16 +323,9 @@ def tcp_bpf_sendmsg(w: World, sk: Sock, data: bytes, flags: int) -> int:
         pos += wrote  # the iterator moves by what was copied
         copied += wrote if w.memcopy_copied else got
         sk.acct[0] += got
-        if psock.cork_bytes:
-            # The accounting subtracts the whole syscall size, not `got` (§3.1).
-            if size > psock.cork_bytes:
-                psock.cork_bytes = 0
-            else:
-                psock.cork_bytes -= size
-            if psock.cork_bytes and not enospc:
-                break
-            psock.eval = SK_NONE  # all cork bytes are here: run the program again
-            psock.cork_bytes = 0
+        # The accounting subtracts the whole syscall size, not `got` (§3.1).
+        if psock.cork_bytes and cork_account(psock, size, enospc):
+            break
         err, copied = tcp_bpf_send_verdict(w, sk, psock, msg, copied, flags)
         if err < 0:
             break

@@ -98,7 +98,7 @@ def summary_table(st: FuzzStats, findings_dir: str) -> Table:
     if st.model_errors:
         t.add_row("model errors", f"{st.model_errors} (cases saved under model-errors/)")
     if st.hangs:
-        t.add_row("hangs", f"{st.hangs} (cases saved under hangs/)")
+        t.add_row("hangs, crashes", f"{st.hangs} (cases saved under hangs/, a VM guest's crashes under crashes/)")
     if st.retried:
         t.add_row("re-run", f"{st.retried} case(s) whose kernel worker failed or died")
     if st.kernel_errors:

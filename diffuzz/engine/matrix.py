@@ -102,11 +102,20 @@ def run_column(name: str, release: str, choice: ProfileChoice, cases: Sequence[t
     return KernelColumn(name, release, choice), cells
 
 
-def _observed(c: Cell) -> Outcome | None:
-    """What a kernel showed, with the bytes no kernel writes (pushed memory) masked by its model."""
-    if c.status in (ERROR, CRASH, HANG) or c.kernel is None or c.model is None:
-        return None
-    return with_model_unknowns(c.kernel, c.model)
+def _same_outcome(a: Cell, b: Cell) -> bool:
+    """Did two kernels show the same thing?  A run that stopped (error, hang, crash) equals one
+    that stopped the same way.  Bytes a kernel never wrote (pushed memory: its model's unknown
+    ranges) match anything, each way: compare() takes holes on its second side only."""
+    if a.kernel is None or b.kernel is None or a.model is None or b.model is None or \
+            {a.status, b.status} & {ERROR, CRASH, HANG}:
+        return a.status == b.status
+    return not compare(a.kernel, with_model_unknowns(b.kernel, b.model)) and not compare(
+        b.kernel, with_model_unknowns(a.kernel, a.model))
+
+
+def _model_equal(a: Outcome, b: Outcome) -> bool:
+    """Two model outcomes alike, unknown ranges included (notes, which name the profile, aside)."""
+    return {**a.to_dict(), "notes": {}} == {**b.to_dict(), "notes": {}}
 
 
 def assemble(cases: Sequence[tuple[str, Case]], columns: list[tuple[KernelColumn, list[Cell]]]) -> list[Row]:
@@ -114,17 +123,14 @@ def assemble(cases: Sequence[tuple[str, Case]], columns: list[tuple[KernelColumn
     rows = []
     for i, (path, _case) in enumerate(cases):
         row = Row(path, {col.name: cells[i] for col, cells in columns})
-        reps: list[tuple[str, Outcome | None, Cell]] = []
+        reps: list[Cell] = []
         for col, cells in columns:
-            seen = _observed(cells[i])
-            for g, (_name, rep, rep_cell) in enumerate(reps):
-                same = (seen is None and rep is None and cells[i].status == rep_cell.status) or (
-                    seen is not None and rep is not None and not compare(seen, rep))
-                if same:
+            for g, rep in enumerate(reps):
+                if _same_outcome(cells[i], rep):
                     row.groups[g].append(col.name)
                     break
             else:
-                reps.append((col.name, seen, cells[i]))
+                reps.append(cells[i])
                 row.groups.append([col.name])
         if len(row.groups) > 1:
             # Explained when the model under each kernel's own profile predicts that kernel (a
@@ -137,12 +143,15 @@ def assemble(cases: Sequence[tuple[str, Case]], columns: list[tuple[KernelColumn
 
 def _deciding(case: Case, profiles: list[Profile]) -> tuple[str, ...]:
     """The behaviours, among those the kernels' profiles disagree on, that change the model's
-    outcome on this case when one profile's value is switched: what tells the kernels apart here."""
+    outcome on this case when one profile's value is switched (in any of the profiles): what tells
+    the kernels apart here."""
     differ = set().union(*(p.behaviours for p in profiles)) - set.intersection(*(set(p.behaviours) for p in profiles))
-    base = profiles[0]
-    before = sim.run(case, base)
-    return tuple(sorted(b for b in differ
-                        if compare(sim.run(case, with_behaviours(base, {b: not base.has(b)})), before)))
+    found = set()
+    for base in profiles:
+        before = sim.run(case, base)
+        found |= {b for b in differ - found
+                  if not _model_equal(sim.run(case, with_behaviours(base, {b: not base.has(b)})), before)}
+    return tuple(sorted(found))
 
 
 def summary(columns: list[KernelColumn], rows: list[Row]) -> dict[str, Any]:

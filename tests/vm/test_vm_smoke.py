@@ -36,8 +36,9 @@ def test_the_seeds_run_in_a_vm_under_the_kernels_own_profile() -> None:
     assert choice.exact and choice.profile.name.startswith(SMOKE_KERNEL + "."), choice.how()
     assert all(o.notes["kernel"] == pool.kernel_release for o in outcomes)
     _column, cells = matrix.run_column(KERNEL, pool.kernel_release, choice, cases, outcomes)
+    # W21 is kernel-only (TCP back-pressure the model does not compute): judged on the kernel's promises.
     bad = {Path(p).name: (c.status, c.detail) for (p, _c), c in zip(cases, cells, strict=True)
-           if c.status != matrix.AGREE}
+           if c.status not in (matrix.AGREE, matrix.KERNEL_ONLY)}
     assert not bad
 
 
