@@ -25,6 +25,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,7 +138,9 @@ def _entries(kernel: Fetched) -> Iterator[Entry]:
         changes), so the guest compiles nothing; the guest's Python is this one's version."""
         yield from file(name, source)
         text = source.read_bytes()
-        code = compile(text, f"/{name}", "exec", dont_inherit=True)
+        with warnings.catch_warnings():  # pyelftools has an invalid escape or two: its business, not ours
+            warnings.simplefilter("ignore", DeprecationWarning)
+            code = compile(text, f"/{name}", "exec", dont_inherit=True)
         flags = (1).to_bytes(4, "little")  # PEP 552: hash-based, not checked against the source
         pyc = importlib.util.MAGIC_NUMBER + flags + importlib.util.source_hash(text) + marshal.dumps(code)
         head, _, tail = name.rpartition("/")
