@@ -170,19 +170,22 @@ class KernelPool:
         return [w.pid for w in self._workers]
 
     def close(self) -> None:
-        """End every worker: EOF on its stdin ends its loop; one that does not exit is killed."""
-        for w in self._workers:
-            if w.proc.returncode is None:
-                try:
-                    self._sel.unregister(w.rfd)
-                except (KeyError, ValueError):
-                    pass
-                w.reap()
-        self._workers = []
-        self._sel.close()
-        if self._vm is not None:
-            self._vm.close()
-            self._vm = None
+        """End every worker: EOF on its stdin ends its loop; one that does not exit is killed.
+        A VM pool's run directory (sockets, console logs) goes too, whatever happened before."""
+        try:
+            for w in self._workers:
+                if w.proc.returncode is None:
+                    try:
+                        self._sel.unregister(w.rfd)
+                    except (KeyError, ValueError):
+                        pass
+                    w.reap()
+        finally:
+            self._workers = []
+            self._sel.close()
+            if self._vm is not None:
+                self._vm.close()
+                self._vm = None
 
     def __enter__(self) -> KernelPool:
         return self
