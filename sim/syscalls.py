@@ -256,6 +256,9 @@ def run_world(w: World) -> Outcome:
     try:
         events = tuple(settled_event(w, i, ev) for i, ev in enumerate(case.events))
     except ModelHang as e:
+        # The kernel's send loop, followed step by step, never ends: kernel bug K5 (a syscall a
+        # BPF program keeps busy for ever: a soft lockup, diffuzz/engine/invariants.py KNOWN_BUGS).
+        w.kernel_bugs.add("K5")
         return Outcome(side="model", inserts=inserts, runs=tuple(w.runs), run_count=w.run_count, hang=True,
                        notes=_notes(w, hang=str(e)))
     endpoints = drain(w)

@@ -61,6 +61,7 @@ from diffuzz.engine.zone import (
     PUSH_DETERMINISTIC_MAX,
     SENDS_PER_SENDER_MAX,
     STANDARD_MIX,
+    VM_REPEATING_P,
     GenConfig,
     Hits,
     zone_layout,
@@ -328,7 +329,7 @@ class _Builder:
         lists = [[self._step(sizes) for _ in range(ch.draw_int(*cfg.steps))]
                  for _ in range(ch.draw_int(*cfg.invocations))]
         if cfg.deterministic:
-            zone_pushpop(lists, cfg.max_total_bytes, self.hits)
+            zone_pushpop(lists, cfg.max_total_bytes, self.hits, cfg.vm and self.ch.draw_bool(VM_REPEATING_P))
         return tuple(Invocation(tuple(steps), ch.weighted(_VERDICTS)) for steps in lists)
 
     def _step(self, sizes: list[int]) -> Step:

@@ -181,7 +181,7 @@ class Engine(FindingStore):
         self._count(case, m)
         if m is None:
             return None
-        if (k.hang or "crash" in k.notes) and not m.hang:
+        if (k.hang and not m.hang) or "crash" in k.notes:  # a guest that died is a finding, whatever the model says
             self._hang(case, k, index)
             return m
         v = judge(case, k, m)

@@ -40,9 +40,12 @@ MEMORY_MB = 512  # ~330 MiB RSS per VM measured; the initramfs (~40 MB) lives in
 # stretches each case's deadline by this much.
 SLOWDOWN = 8.0
 BOOT_TIMEOUT = 180.0  # boot ~3 s, the worker's start ~5 s alone; two VMs booting on a loaded 2-core host
-CONSOLE_TAIL = 120  # lines of the console kept in a crash or hang outcome
+CONSOLE_TAIL = 400  # lines of the console kept in a crash or hang outcome (an OOM report passes 150)
 # What a guest kernel prints when it dies or wedges (panic=-1 turns an oops into a panic).
-PANIC = re.compile(r"Kernel panic|BUG:|Oops|general protection fault|RIP:|watchdog: |hung_task|Call Trace:")
+# Searched only in what the console printed after the worker started (boot prints "watchdog:" lines).
+PANIC = re.compile(r"Kernel panic|BUG:|Oops|general protection fault|invoked oom-killer|Out of memory|RIP:|"
+                   r"watchdog: |hung_task|Call Trace:")
+WORKER_STARTED = "diffuzz-init: worker on"
 
 
 @dataclass
@@ -182,7 +185,9 @@ class VmWorker(WorkerProcess):
         and `crash` (the first line that shows the guest kernel dying) when there is one."""
         tail = self.console_tail()
         notes = {"console": tail, "vm": self.vm.label}
-        for line in tail.splitlines():
+        lines = tail.splitlines()
+        started = max((i for i, line in enumerate(lines) if WORKER_STARTED in line), default=-1)
+        for line in lines[started + 1:]:
             if PANIC.search(line):
                 notes["crash"] = line.strip()
                 break

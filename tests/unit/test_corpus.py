@@ -104,7 +104,7 @@ def test_writer_killed_mid_write_leaves_old_or_new_file(tmp_path):
         while True:
             write_atomic(d / "big", bytes([65 + i % 2]) * (8 << 20))
             i += 1
-    """)
+    """, ready=lambda: (tmp_path / "big").exists())  # killed after one whole write at least (a loaded CI is slow)
     data = (tmp_path / "big").read_bytes()
     assert data in (b"A" * (8 << 20), b"B" * (8 << 20))
 

@@ -31,3 +31,21 @@ def test_host_cases_never_splice_with_an_unsafe_program_and_vm_cases_do() -> Non
 
     assert splices(DEFAULT) == 0
     assert splices(GenConfig(vm=True)) > 0
+
+
+def test_the_repeating_push_form_is_a_vm_share_and_its_model_hang_names_k5() -> None:
+    import sim
+    from diffuzz.engine.invariants import unexplained
+    from diffuzz.engine.zone import VM_REPEATING_P
+
+    def repeating(config: GenConfig) -> int:
+        """Cases the host's zone refuses for their repeating push/pop."""
+        return sum((zone_violation(c) or "").startswith("push/pop in the repeating last step list")
+                   for c in (random_case(12, i, config) for i in range(3000)))
+
+    assert repeating(DEFAULT) == 0
+    assert 0 < repeating(GenConfig(vm=True)) < 3000 * VM_REPEATING_P * 2
+    k5 = load_case(CRASH.with_name("K5_push_every_run_exhausts_memory_6_12.json"))
+    m = sim.run(k5)
+    assert m.hang and "K5" in m.notes["kernel_bugs"]
+    assert not unexplained(k5, m)  # the model's hang is the kernel's loop, not a model bug

@@ -85,3 +85,13 @@ def test_a_real_kernel_crash_k4_through_splice_is_caught_with_its_trace() -> Non
     assert "NULL pointer dereference" in out.notes["crash"]
     assert "splice_to_socket" in out.notes["console"]
     assert "error" not in after.notes and "crash" not in after.notes
+
+
+def test_k5_the_send_loop_that_never_ends_exhausts_the_guest_and_is_a_crash() -> None:
+    # corpus/vm-only/: the model says the send loop never ends (a hang, K5); 6.12.118 allocates
+    # until the OOM killer takes the sender, which ends the guest.
+    case = load_case(ROOT / "corpus" / "vm-only" / "K5_push_every_run_exhausts_memory_6_12.json")
+    with KernelPool(jobs=1, kernel=KERNEL, pin=False) as pool:
+        out = pool.run(case)
+    assert "oom-killer" in out.notes["crash"]
+    assert "tcp_bpf_push" in out.notes["console"]
