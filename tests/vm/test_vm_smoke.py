@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from diffuzz.cli.doctor import SMOKE_KERNEL
-from diffuzz.contract.case import load_case
+from diffuzz.contract.case import Case, load_case
+from diffuzz.contract.outcome import Outcome
 from diffuzz.engine import matrix
 from diffuzz.engine.probes import probe_and_choose
 from kernel_runner.pool import KernelPool
@@ -82,6 +83,7 @@ def test_a_real_kernel_crash_k4_through_splice_is_caught_with_its_trace() -> Non
     with KernelPool(jobs=1, kernel=KERNEL, pin=False) as pool:
         out = pool.run(case)
         after = pool.run(load_case(SEEDS[0]))  # the replacement VM runs the next case
+    _skip_if_fixed(case, pool.kernel_release, out)
     assert "NULL pointer dereference" in out.notes["crash"]
     assert "splice_to_socket" in out.notes["console"]
     assert "error" not in after.notes and "crash" not in after.notes
@@ -93,5 +95,15 @@ def test_k5_the_send_loop_that_never_ends_exhausts_the_guest_and_is_a_crash() ->
     case = load_case(ROOT / "corpus" / "vm-only" / "K5_push_every_run_exhausts_memory_6_12.json")
     with KernelPool(jobs=1, kernel=KERNEL, pin=False) as pool:
         out = pool.run(case)
+    _skip_if_fixed(case, pool.kernel_release, out)
     assert "oom-killer" in out.notes["crash"]
     assert "tcp_bpf_push" in out.notes["console"]
+
+
+def _skip_if_fixed(case: Case, release: str, out: Outcome) -> None:
+    """A newer Debian build of the kernel may have the fix: then say so, naming both builds (as
+    tests/corpus/test_kernel_bugs.py does on the host), instead of failing."""
+    recorded = str(case.meta.get("kernel", "")).split()[0]
+    if "crash" not in out.notes and release != recorded:
+        pytest.skip(f"{case.name} crashed {recorded}; {release} runs it without crashing (fixed?)")
+
