@@ -364,6 +364,10 @@ def run_checks(kernel_profile: str | None = None) -> list[Check]:
     objects = ", ".join(str(p.relative_to(ROOT)) for p in interp_objects())
     checks.append(Check("interpreter program built", interp is None, objects if interp is None else interp,
                         f"make -C bpf (or {_SETUP})"))
+    vm = probe_vm()
+    checks.append(Check("VMs (--kernel vm:NAME, diffuzz matrix)", vm is None,
+                        f"qemu, the guest image's tools and vm:{SMOKE_KERNEL} are here (diffuzz kernels lists all)"
+                        if vm is None else vm, "bash scripts/setup.sh --vm", required=False))
     usable = root is None and bpf is None and pidns is None and sockmap is None and elf and interp is None
     checks.append(profile_check(kernel_profile, usable))
     return checks
