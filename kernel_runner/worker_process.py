@@ -36,9 +36,13 @@ class WorkerProcess:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env,
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._pool_side(self.proc.stdout.fileno(), self.proc.stdin.fileno())
+
+    def _pool_side(self, rfd: int, wfd: int) -> None:
+        """The pool's state for this worker's channel (a VM's descriptors come later: rfd, wfd -1)."""
         self.pid = self.proc.pid
-        self.rfd = self.proc.stdout.fileno()
-        self.wfd = self.proc.stdin.fileno()
+        self.rfd = rfd
+        self.wfd = wfd
         self.rbuf = bytearray()
         self.wbuf = bytearray()
         self.inflight: deque[tuple[int, bytes]] = deque()  # (seq, case line), oldest = running

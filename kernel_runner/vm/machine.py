@@ -24,10 +24,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from kernel_runner.backend import KernelUnsupported
 from kernel_runner.vm.catalog import Fetched, VmError, require
@@ -105,13 +103,7 @@ class VmWorker(WorkerProcess):
         with open(self.qemu_log, "wb") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          start_new_session=True, preexec_fn=pin)
-        self.pid = self.proc.pid
-        self.rfd = self.wfd = -1
-        self.rbuf = bytearray()
-        self.wbuf = bytearray()
-        self.inflight: deque[tuple[int, bytes]] = deque()
-        self.started = 0.0
-        self.info: dict[str, Any] = {}
+        self._pool_side(-1, -1)  # the socket's descriptors once qemu connects (wait_ready)
 
     def wait_ready(self, timeout: float) -> None:
         end = time.monotonic() + max(timeout, BOOT_TIMEOUT)
