@@ -60,9 +60,51 @@ else
 fi
 
 # ---- 2. .venv --------------------------------------------------------------------------
-if [ ! -x .venv/bin/python ]; then
-    /usr/bin/python3 -m venv --system-site-packages .venv
-    say "created .venv (--system-site-packages)"
+# The interpreter is the first of /usr/bin/python3, then python3.N (newest first, 3.11 or newer) that
+# gives a venv with its own pip.  Debian's ensurepip needs python3.N-venv; where that is missing (seen
+# here: python3 upgraded to 3.14 beside bookworm's 3.11, whose -venv package was removed), pip is
+# bootstrapped from Debian's own pip wheel (python3-pip-whl) instead.  A venv is not relocatable (its
+# scripts name its path), so it is made in place; a .venv without a working pip, from an interrupted
+# run, is removed and made again.
+venv_usable() {
+    [ -x "$1/bin/python" ] && "$1/bin/pip" --version >/dev/null 2>&1
+}
+venv_from() {  # venv_from PYTHON: .venv made with PYTHON, or fail
+    local py=$1 wheel
+    rm -rf .venv
+    if "$py" -m venv --system-site-packages .venv >/dev/null 2>&1 && venv_usable .venv; then
+        return 0
+    fi
+    rm -rf .venv
+    wheel=$(ls /usr/share/python-wheels/pip-*.whl 2>/dev/null | sort -V | tail -n 1)
+    [ -n "$wheel" ] || return 1
+    # --ignore-installed: the system's own pip is visible through --system-site-packages.
+    "$py" -m venv --without-pip --system-site-packages .venv >/dev/null 2>&1 &&
+        .venv/bin/python "$wheel/pip" install -q --disable-pip-version-check --no-input \
+            --ignore-installed "$wheel" >/dev/null 2>&1 &&
+        venv_usable .venv && return 0
+    rm -rf .venv
+    return 1
+}
+if [ -d .venv ] && ! venv_usable .venv; then
+    say "removing .venv: it has no working pip (an interrupted or older set-up)"
+    rm -rf .venv
+fi
+if [ ! -d .venv ]; then
+    made= tried=
+    for py in /usr/bin/python3 $(ls /usr/bin/python3.* 2>/dev/null | grep -E '/python3\.[0-9]+$' | sort -t. -k2,2nr); do
+        real=$(readlink -f "$py")
+        case " $tried " in *" $real "*) continue ;; esac
+        tried="$tried $real"
+        "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || continue
+        if venv_from "$py"; then made=$py; break; fi
+    done
+    if [ -z "$made" ]; then
+        echo "setup: no Python 3.11 or newer in /usr/bin can make a venv with pip;" \
+             "install python3-venv (or python3-pip-whl)" >&2
+        exit 1
+    fi
+    say "created .venv with $made (--system-site-packages)"
 fi
 if ! grep -q '^include-system-site-packages = true' .venv/pyvenv.cfg; then
     echo "setup: .venv was made without --system-site-packages, so bcc cannot import;" \
