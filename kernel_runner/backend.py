@@ -74,3 +74,8 @@ class Backend(Protocol):
 class KernelUnsupported(RuntimeError):
     """This kernel or this process cannot do what is needed (no BPF, not root, no sockmap,
     no clang object).  The message says what is missing and how to fix it."""
+
+
+class WorkerStopped(KernelUnsupported):
+    """A kernel worker was sent a stop signal while it was starting (kernel_runner/pool.py
+    STOP_SIGNALS): not a kernel that cannot, but somebody asking the campaign to stop."""

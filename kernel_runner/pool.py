@@ -52,7 +52,7 @@ from diffuzz.contract.outcome import (
     Outcome,
     loads_outcome,
 )
-from kernel_runner.backend import KernelUnsupported
+from kernel_runner.backend import KernelUnsupported, WorkerStopped
 from kernel_runner.worker_process import WorkerProcess
 
 START_TIMEOUT = 60.0  # a bcc backend imports bcc and LLVM at start-up: give it time
@@ -106,7 +106,7 @@ class KernelPool:
             starting = [self._spawn(cpu) for cpu in self._cpus]
             self._workers = starting
             for w in starting:
-                w.wait_ready(START_TIMEOUT)
+                self._wait_ready(w)
                 self._sel.register(w.rfd, selectors.EVENT_READ, w)
         except BaseException:
             self.close()
@@ -270,14 +270,28 @@ class KernelPool:
         self._replace(w, "hang", f"no answer within {self.deadline:g} s; worker {w.pid} was killed (SIGKILL) "
                       "and replaced", w.report())
 
-    def _died(self, w: WorkerProcess) -> None:
-        status = w.reap()
+    def _wait_ready(self, w: WorkerProcess) -> None:
+        """w's start-up line; WorkerStopped when a stop signal ended it before that."""
+        try:
+            w.wait_ready(START_TIMEOUT)
+        except KernelUnsupported as e:
+            if self._stopped(w):
+                raise WorkerStopped(f"{self.stop_request} while it was starting") from e
+            raise
+
+    def _stopped(self, w: WorkerProcess) -> bool:
+        """Did w end because of a stop signal somebody sent it?  Sets stop_request if so."""
         code = w.proc.returncode
         stopped = w.stopped_by_signal() or (
             code is not None and (-code in STOP_SIGNALS or code - 128 in STOP_SIGNALS))
         if stopped and self.stop_request is None:
             sent = signal.Signals(abs(code) % 128).name if code else "a stop signal"
             self.stop_request = f"kernel worker {w.pid} was sent {sent}"
+        return stopped
+
+    def _died(self, w: WorkerProcess) -> None:
+        status = w.reap()
+        stopped = self._stopped(w)
         extra = w.report()
         if "crash" in extra and not stopped:
             # A guest kernel that died: a finding (the kernel's), not a runner failure.
@@ -308,7 +322,7 @@ class KernelPool:
         i = self._workers.index(w)
         fresh = self._spawn(w.cpu)
         self._workers[i] = fresh
-        fresh.wait_ready(START_TIMEOUT)
+        self._wait_ready(fresh)
         self._sel.register(fresh.rfd, selectors.EVENT_READ, fresh)
         self._dispatch()
 

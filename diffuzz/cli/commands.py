@@ -299,6 +299,7 @@ def _unavailable(name: str, reason: str) -> click.Command:
 
 _add_optional_commands(main, "diffuzz.cli.fuzz", ("fuzz", "minimize"))
 _add_optional_commands(main, "diffuzz.cli.kernels", ("kernels", "matrix"))
+_add_optional_commands(main, "diffuzz.cli.triage", ("triage",))
 main.add_command(generate_command, "generate")
 
 

@@ -66,6 +66,17 @@ def _pool(jobs: int, backend: str, deadline: float, kernel: str = "host") -> Any
                        "missing") from None
 
 
+def _triage_kernel(backend: str, deadline: float, kernel: str) -> Callable[[], Any]:
+    """The triage process's own kernel worker, started in that process (its failure, or a stop
+    signal to it while it starts, is the triage process's to report: no Unusable here)."""
+    def make() -> Any:
+        from kernel_runner.pool import KernelPool
+
+        return KernelPool(jobs=1, backend=backend, deadline=deadline, kernel=kernel)
+
+    return make
+
+
 def _independent(deadline: float, kernel: str) -> Any:
     """The bcc backend for confirmation: on the host kernel only (a guest has no bcc), so a VM
     campaign confirms by re-running in the VM and says the independent check was not made."""
@@ -179,7 +190,9 @@ def fuzz(duration: float | None, n_cases: int | None, seed: int | None, jobs: in
         gen = GenConfig(vm=True) if kernel != "host" else GenConfig()
         engine = Engine(FuzzConfig(seed=seed, cases=n_cases, duration=duration, minimize_seconds=minimize_seconds,
                                    gen=gen),
-                        pool, model, corpus, independent, on_event=status.update, campaign=campaign)
+                        pool, model, corpus, independent, on_event=status.update, campaign=campaign,
+                        # atheris steps one case at a time in-process: it triages inline
+                        triage_kernel=None if engine_name == "atheris" else _triage_kernel(backend, deadline, kernel))
         resumed = f", resuming session {campaign.sessions} at case {campaign.execs:,}" if campaign.sessions > 1 else ""
         status.console.print(f"diffuzz fuzz: {choice.line()}, engine {engine_name}, seed {seed}, "
                              f"{pool.jobs} kernel worker(s){'' if kernel == 'host' else ' in ' + kernel}, "

@@ -48,6 +48,11 @@ def status_text(st: FuzzStats) -> Text:
         t.append(f"  model errors {st.model_errors}", style="bold magenta")
     if st.unsaved:
         t.append(f"  UNSAVED findings {st.unsaved}", style="bold red")
+    if st.triage_pending or st.triage_skipped:
+        t.append(f"  triage queue {st.triage_pending}" + (f" ({st.triage_skipped:,} turned away)"
+                                                         if st.triage_skipped else ""), style="yellow")
+    if st.unconfirmed:
+        t.append(f"  unconfirmed {st.unconfirmed}", style="bold yellow")
     t.append(f"  last new finding: {since}")
     t.append(f"  elapsed {_hms(st.elapsed())}")
     return t
@@ -91,6 +96,8 @@ def summary_table(st: FuzzStats, findings_dir: str) -> Table:
     t.add_row("coverage", f"{st.coverage:,} features")
     t.add_row("mismatches", f"{st.mismatches} seen, {st.findings} reproduced, {st.flaky} flaky")
     t.add_row("buckets", f"{len(st.unique)} hit, {len(st.new_buckets)} new")
+    if st.triage_skipped:
+        t.add_row("triage", f"{st.triage_skipped:,} mismatch(es) of a kind already queued only counted")
     if st.known:
         t.add_row("known bugs", f"{st.known} cases showed a documented kernel bug again (findings/known.*)")
     for name in st.new_buckets:
@@ -103,6 +110,9 @@ def summary_table(st: FuzzStats, findings_dir: str) -> Table:
         t.add_row("re-run", f"{st.retried} case(s) whose kernel worker failed or died")
     if st.kernel_errors:
         t.add_row("kernel errors", f"{st.kernel_errors} (cases saved under kernel-errors/)")
+    if st.unconfirmed:
+        t.add_row("unconfirmed", f"{st.unconfirmed} mismatch(es) not triaged (unconfirmed/): "
+                                 "finish with diffuzz triage WORKDIR")
     if st.unsaved:
         t.add_row("UNSAVED", f"{st.unsaved} finding(s) could not be written; their cases follow on stderr")
     t.add_row("minimizing", f"{st.minimize_seconds:.1f} s")

@@ -174,14 +174,15 @@ class Campaign:
         seen.update(fs)
         return len(seen) - before
 
-    def record_finding(self, bucket_id: str, new: bool) -> None:
-        """A confirmed difference in `bucket_id`; `new` when the corpus had no such bucket."""
+    def record_finding(self, bucket_id: str, new: bool, count: int = 1) -> None:
+        """`count` confirmed differences in `bucket_id` (one event); `new` when the corpus had no
+        such bucket."""
         s = self._s
-        s.findings_total += 1
+        s.findings_total += count
         s.last_find = time.time()
         if bucket_id not in s.buckets:
             s.buckets.append(bucket_id)
-        self.event("new_finding" if new else "finding", bucket=bucket_id)
+        self.event("new_finding" if new else "finding", bucket=bucket_id, **({"count": count} if count != 1 else {}))
 
     def record_flaky(self, **fields: Any) -> None:
         """A difference that did not reproduce on re-run."""

@@ -211,11 +211,11 @@ class Corpus:
         _fsync_dir(self.findings)
         return Recorded(final, True, 1)
 
-    def hit(self, bucket: Path, f: Finding) -> Recorded:
-        """Count one more occurrence on an existing bucket (no new files)."""
+    def hit(self, bucket: Path, f: Finding, n: int = 1) -> Recorded:
+        """Count `n` more occurrences on an existing bucket (no new files)."""
         state = json.loads((bucket / "bucket.json").read_text())
         now = _now()
-        state["count"] = int(state.get("count", 0)) + 1
+        state["count"] = int(state.get("count", 0)) + n
         state["last_seen"] = now
         if f.signature.release not in state.setdefault("releases", []):
             state["releases"].append(f.signature.release)

@@ -36,6 +36,9 @@ class FuzzStats:
     retried: int = 0  # kernel runs that failed and were re-run
     coverage: int = 0  # distinct features seen (over the whole campaign when there is one)
     unsaved: int = 0  # findings that could not be written yet (disk full)
+    triage_pending: int = 0  # mismatches in the triage process or waiting for it
+    unconfirmed: int = 0  # mismatches kept under unconfirmed/ for `diffuzz triage`
+    triage_skipped: int = 0  # new keys turned away while their root kind was queued (triage_process.py)
     # Earlier sessions of the same campaign (zero without one): the status shows totals.
     cases_before: int = 0
     elapsed_before: float = 0.0

@@ -1,12 +1,15 @@
-"""The differential fuzz loop: generate, run on both sides, compare, confirm, minimize, save.
+"""The differential fuzz loop: generate, run on both sides, compare, hand mismatches to triage, save.
 
 Pipelining: cases go to the kernel pool in batches through `pool.imap(batch)` (its workers run
 them in their own processes, in order), while the main process runs the model on the same
-cases; the model for case i overlaps the kernel work on the cases after it (a mismatch stops it
-while it is confirmed and minimized).
+cases; the model for case i overlaps the kernel work on the cases after it.
 
-Dedup before the expensive part: a mismatch whose (differing fields, helpers, events) were already
-minimized in this run is re-run once (flaky ones still do not count), then counted on its bucket.
+Triage (confirm, minimize, the bcc check: triage.py) runs beside the loop in the triage process
+(triage_process.py, with its own kernel worker) when the engine is given `triage_kernel`, and
+inline otherwise (the atheris engine's step, `diffuzz triage`).  Only the first mismatch of a
+(differing fields, helpers, events) key is triaged; the others only count on its bucket, also
+while it is still being triaged.  At the end, pending triage gets TRIAGE_GRACE seconds (none
+after a stop signal); what is left is kept under unconfirmed/ for `diffuzz triage WORKDIR`.
 
 Campaign (diffuzz/engine/campaign.py), when one is given: case i of the stream is `source(i)` with i
 from `campaign.next_seed()`, so a resumed campaign continues the stream; every case counts an exec and
@@ -18,6 +21,8 @@ Faults the loop survives (tests/faults/):
 - a kernel hang or a VM's guest crash (the pool replaces the worker): a finding saved under hangs/ or
   crashes/ (with the guest's console), never re-run or minimized (each run costs a deadline or a boot);
 - a difference that does not reproduce: flaky, not a finding, kept under flaky/ with both runs' differences;
+- a triage process that dies or is killed: what it held, and every later mismatch, goes to
+  unconfirmed/ (a signal to it alone ends the campaign, as one to a kernel worker does);
 - a finding that cannot be saved (ENOSPC, any OSError): reported once, kept in memory and retried at
   every tick (every TICK cases); what is still unsaved at the end is printed as case JSON on stderr.
 """
@@ -26,32 +31,27 @@ from __future__ import annotations
 
 import platform
 import sys
-import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from diffuzz.contract.case import Case
 from diffuzz.contract.outcome import Outcome
-from diffuzz.engine.compare import Difference
-from diffuzz.engine.confirm import Independent, rerun, shows
-from diffuzz.engine.corpus import Corpus, Finding, format_diff, write_atomic
+from diffuzz.engine.confirm import Independent
+from diffuzz.engine.corpus import Corpus, Finding, write_atomic
 from diffuzz.engine.features import features
 from diffuzz.engine.fuzz_config import FuzzConfig, FuzzStats
 from diffuzz.engine.generate import random_case
-from diffuzz.engine.minimize import complexity, minimize
 from diffuzz.engine.oracle import Verdict, judge
 from diffuzz.engine.saving import FindingStore
-from diffuzz.engine.signature import Kinds, Signature, case_features, root_kind
-from diffuzz.engine.zone import zone_violation
+from diffuzz.engine.signature import Signature, root_kind
+from diffuzz.engine.triage import Key, Mismatch, Triage, Triaged
+from diffuzz.engine.triage_process import TriageProcess
 
 Model = Callable[[Case], Outcome]
 Source = Callable[[int], Case]  # case index -> case
 TICK = 8  # cases between ticks: status line, campaign flush (itself rate-limited), unsaved findings
-# Flaky cases kept per work directory; past it only the flaky event is written.  The highest rate
-# seen was 53 in 886,117 cases (a runner bug since fixed, kernel-notes N11; 0 in 232,276 after),
-# so a day-long campaign stays well under it unless something real keeps coming and going.
-FLAKY_KEPT = 1000
+TRIAGE_GRACE = 10.0  # seconds pending triage may go on after --duration or --cases
 # Handled after a batch: (case, kernel outcome, index, model outcome or None for a failed
 # kernel run, the verdict).
 _Later = tuple[Case, Outcome, int, Outcome | None, Verdict | None]
@@ -61,9 +61,10 @@ class Engine(FindingStore):
     def __init__(self, config: FuzzConfig, kernel: Any, model: Model, corpus: Corpus,
                  independent: Independent | None = None,
                  on_event: Callable[[str, FuzzStats], None] | None = None, campaign: Any = None,
-                 source: Source | None = None) -> None:
+                 source: Source | None = None, triage_kernel: Callable[[], Any] | None = None) -> None:
         """`campaign`: a diffuzz.engine.campaign.Campaign (or None for a run without state);
-        `source`: case index -> case (default: random_case of the config's seed and generator)."""
+        `source`: case index -> case (default: random_case of the config's seed and generator);
+        `triage_kernel`: builds the triage process's own kernel runner (None: triage inline)."""
         self.cfg = config
         self.kernel = kernel
         self.model = model
@@ -82,10 +83,15 @@ class Engine(FindingStore):
         self._features: set[int] = set()  # without a campaign
         self._index = 0  # the next case index without a campaign
         self._flaky_kept: int | None = None  # cases in flaky/ (counted on first use)
-        self._unsaved: list[tuple[Finding, str | None]] = []  # (finding, bucket hint) not yet on disk
+        self._unsaved: list[Finding] = []  # not yet on disk
+        self._hits: Counter[str] = Counter()
+        self._examples: dict[str, Finding] = {}
         self.stop = False
-        # (differing fields, helpers, events) of each mismatch minimized in this run -> its bucket
-        self._known: dict[tuple[Kinds, tuple[str, ...], tuple[str, ...]], str] = {}
+        self._known: dict[Key, str] = {}  # key of each mismatch triaged in this run -> its bucket
+        self._waiting: dict[Key, int] = {}  # keys in triage -> how many more came meanwhile
+        self._inline = Triage(kernel, model, self.independent, config.gen, self._stop_asked)
+        self.triage_kernel = triage_kernel
+        self.triage: TriageProcess | None = None
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -97,7 +103,7 @@ class Engine(FindingStore):
         """A signal to the engine (self.stop), or to one of the kernel workers: any signal to any
         process of a campaign ends it cleanly (kernel_runner/pool.py stop_request)."""
         if not self.stop:
-            for runner in (self.kernel, self.independent.runner):
+            for runner in (self.kernel, self.independent.runner, self.triage):
                 why = getattr(runner, "stop_request", None)
                 if why:
                     self.stop = True
@@ -110,14 +116,36 @@ class Engine(FindingStore):
         return self._time_up() or (self.cfg.cases is not None and self.stats.cases >= self.cfg.cases)
 
     def run(self) -> FuzzStats:
-        while not self._done():
-            n = self.cfg.batch
-            if self.cfg.cases is not None:
-                n = min(n, self.cfg.cases - self.stats.cases)
-            self._batch(n)
-            self._tick()
+        if self.triage_kernel is not None:
+            self.triage = TriageProcess(self.triage_kernel, self.model, self.independent, self.cfg.gen,
+                                        self.cfg.minimize_seconds)
+        try:
+            while not self._done():
+                n = self.cfg.batch
+                if self.cfg.cases is not None:
+                    n = min(n, self.cfg.cases - self.stats.cases)
+                self._batch(n)
+                self._tick()
+        finally:
+            self._end_triage()
         self._save_unsaved()
         return self.stats
+
+    def _end_triage(self) -> None:
+        """Pending triage gets TRIAGE_GRACE seconds (none after a stop); the rest is unconfirmed."""
+        triage, self.triage = self.triage, None
+        if triage is None:
+            return
+        self.stats.triage_pending = triage.pending()
+        self.on_event("tick", self.stats)
+        done, left = triage.finish(0.0 if self._stop_asked() else TRIAGE_GRACE)
+        for r in done:
+            self._triaged(r)
+        for job in left:
+            self._unconfirmed(job, f"the triage process ended: {triage.dead}" if triage.dead
+                              else "the run ended before triage reached it")
+        self.stats.triage_pending = 0
+        self._write_hits(now=True)
 
     def _next_index(self) -> int:
         if self.campaign is not None:
@@ -127,8 +155,17 @@ class Engine(FindingStore):
         return i
 
     def _tick(self) -> None:
+        if self.triage is not None:
+            for r in self.triage.poll():
+                self._triaged(r)
+            if self.triage.dead:
+                for job in self.triage.take_held():
+                    self._waiting.pop(job.key, None)
+                    self._unconfirmed(job, f"the triage process ended: {self.triage.dead}")
+            self.stats.triage_pending = self.triage.pending()
         if self._unsaved:
             self._save_unsaved()
+        self._write_hits()
         if self.campaign is not None:
             self.campaign.maybe_flush()
         self.on_event("tick", self.stats)
@@ -221,12 +258,35 @@ class Engine(FindingStore):
             self._tick()
         return m
 
+    def retriage(self, case: Case, index: int) -> str:
+        """A case kept under unconfirmed/, again (`diffuzz triage WORKDIR`): run on both sides and,
+        when it still differs, triaged inline and saved.  What became of it, in a few words."""
+        st = self.stats
+        before = (st.findings, st.flaky, st.known, st.hangs, st.model_errors, len(st.new_buckets))
+        k = self.kernel.run(case)
+        if _is_error(k):
+            retried = self._retry_lost(case, k, index)
+            if retried is None:
+                return "the kernel side failed on it twice (kernel-errors/)"
+            k = retried
+        self._one(case, k, index, None)
+        self._write_hits(now=True)
+        findings, flaky, known, hangs, model_errors, new = (
+            a - b for a, b in zip((st.findings, st.flaky, st.known, st.hangs, st.model_errors, len(st.new_buckets)),
+                                  before, strict=True))
+        if findings:
+            return f"a finding, in new bucket {st.new_buckets[-1]}" if new else "a finding, in a known bucket"
+        return ("flaky: the re-run agreed (flaky/)" if flaky else "a documented kernel bug" if known
+                else "a hang or crash (hangs/, crashes/)" if hangs else "a model bug (model-errors/)" if model_errors
+                else "kernel and model agree on it now")
+
     def done(self) -> bool:
         return self._done()
 
     def finish(self) -> None:
         """Last attempt at saving what a full disk refused."""
         self._save_unsaved()
+        self._write_hits(now=True)
 
     def _count(self, case: Case, m: Outcome | None) -> None:
         st = self.stats
@@ -257,124 +317,64 @@ class Engine(FindingStore):
             write_atomic(d / f"seed{self.cfg.seed}-case{index}.txt", f"{type(e).__name__}: {e}\n")
             return None
 
-    def _model_broken(self, case: Case, index: int, verdict: Verdict) -> None:
-        """The model broke a promise no known kernel bug explains (invariants.KNOWN_BUGS): a model
-        bug, kept under model-errors/ like a model crash."""
-        self.stats.model_errors += 1
-        text = "".join(f"{b.invariant}: {b.detail}\n" for b in verdict.model_broken)
-        path = self._keep("model-errors", case, index, f"the model breaks a promise (a model bug):\n{text}")
-        self._event("model_broken", case_index=index, invariants=sorted({b.invariant for b in verdict.model_broken}),
-                    saved=path)
-
-    def _kernel_error(self, case: Case, k: Outcome, index: int) -> None:
-        # The kernel side observed nothing, twice (worker error or death): not a kernel
-        # behaviour, but worth a look, so the case is kept.
-        self.stats.kernel_errors += 1
-        self._event("kernel_error", case_index=index, error=str(k.notes.get("error")))
-        self._keep("kernel-errors", case, index, f"{k.notes.get('error')}\n")
-
-    def _hang(self, case: Case, k: Outcome, index: int) -> None:
-        # The pool already killed and replaced the worker (or VM).  Not re-run: each run costs the
-        # whole deadline (or a guest's life), and a hang or crash finding is read by a person anyway.
-        # A VM's console tail goes with it (kernel_runner/vm/machine.py report()).
-        kind = "crash" if "crash" in k.notes else "hang"
-        self.stats.hangs += 1
-        console = f"\nconsole:\n{k.notes['console']}\n" if k.notes.get("console") else ""
-        path = self._keep(f"{kind}es" if kind == "crash" else "hangs", case, index, f"{k.notes.get(kind)}\n{console}")
-        if self.campaign is not None:
-            self.campaign.record_hang(case_index=index, saved=path, why=str(k.notes.get(kind)), what=kind)
-        self.on_event("hang", self.stats)
-
-    def _keep(self, folder: str, case: Case, index: int, why: str) -> str | None:
-        """Save a case that is not a finding (kernel error, hang, flaky) as folder/seedS-caseI.*."""
-        d = self.corpus.root / folder
-        name = f"seed{self.cfg.seed}-case{index}"
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            write_atomic(d / f"{name}.json", case.to_json() + "\n")
-            write_atomic(d / f"{name}.txt", why)
-        except OSError as e:
-            print(f"diffuzz: cannot save {d / name}.json: {e.strerror or e}; the case:\n{case.to_json()}",
-                  file=sys.stderr, flush=True)
-            return None
-        return str(d / f"{name}.json")
-
-    def _keep_flaky(self, case: Case, index: int, first: list[Difference],
-                    again: tuple[Difference, ...]) -> str | None:
-        """Keep a difference that did not reproduce in flaky/ (at most FLAKY_KEPT of them per
-        work directory).  Not a finding, but a difference that comes and goes may be a kernel
-        race or a runner that does not wait long enough: a person should be able to look."""
-        if self._flaky_kept is None:
-            d = self.corpus.root / "flaky"
-            self._flaky_kept = sum(1 for _ in d.glob("*.json")) if d.is_dir() else 0
-        if self._flaky_kept >= FLAKY_KEPT:
-            return None
-        self._flaky_kept += 1
-        rerun_said = (f"the re-run differed in other fields:\n{format_diff(case, again)}" if again
-                      else "the re-run agreed with the model")
-        return self._keep("flaky", case, index, f"first run:\n{format_diff(case, first)}\n{rerun_said}\n")
-
     # ---- a mismatch -------------------------------------------------------------------------
 
     def _mismatch(self, case: Case, k: Outcome, m: Outcome, verdict: Verdict, index: int) -> None:
-        """A difference, or a broken promise of the kernel (verdict.kinds): confirm it, minimize
-        it keeping the same kinds, bucket and save it."""
-        st = self.stats
+        """A difference, or a broken promise of the kernel (verdict.kinds): triage its key's first
+        one (triage.py), count the others on its bucket."""
         if verdict.known:
             self._known_bug(case, k, m, verdict, index)
             return
-        st.mismatches += 1
-        kinds = verdict.kinds
-        diffs = list(verdict.differences)
-        again = rerun(case, kinds, self.kernel, self.model)
-        if not again.reproduced:
+        self.stats.mismatches += 1
+        job = Mismatch(self.cfg.seed, index, case, verdict.kinds, tuple(verdict.differences),
+                       root_kind(verdict.differences, k, m))
+        key = job.key
+        if key in self._known:
+            self.stats.findings += 1
+            self._hit(self._known[key])
+            self.on_event("finding", self.stats)
+        elif key in self._waiting:
+            self._waiting[key] += 1  # a key already being triaged only counts
+        elif self.triage is None or self.triage.dead:  # no triage process, or it failed: inline
+            self._triaged(self._inline.run(job, self._budget(), check_independent=not self._time_up()))
+        elif not self.triage.has_room(job.root):
+            self.stats.triage_skipped += 1  # its root kind is queued: it only counts, and may come again
+        else:
+            why = self.triage.submit(job)
+            if why is None:
+                self._waiting[key] = 0
+            else:
+                self._unconfirmed(job, why)
+
+    def _budget(self) -> float:
+        """Seconds to minimize inline: none after a stop (saved unminimized, quickly), and
+        never past --duration."""
+        budget = 0.0 if self.stop else self.cfg.minimize_seconds
+        if self.cfg.duration is not None:
+            budget = max(0.0, min(budget, self.cfg.duration - self.stats.elapsed()))
+        return budget
+
+    def _triaged(self, r: Triaged) -> None:
+        """Save what triage made of a mismatch, and the hits its key had meanwhile."""
+        st, job = self.stats, r.job
+        more = self._waiting.pop(job.key, 0)
+        if not r.reproduced:
             st.flaky += 1
-            path = self._keep_flaky(case, index, diffs, again.differences)
+            path = self._keep_flaky(job.case, job.index, list(job.differences), r.again)
             if self.campaign is not None:
-                self.campaign.record_flaky(case_index=index, fields=sorted(kinds), saved=path)
+                self.campaign.record_flaky(case_index=job.index, fields=sorted(job.kinds), saved=path,
+                                           **({"same key meanwhile": more} if more else {}))
             self.on_event("flaky", st)
             return
+        assert r.case is not None and r.kernel is not None and r.model is not None
         st.findings += 1
-        pre = (kinds, *case_features(case))
-        known = self._known.get(pre)
-        if known is not None:
-            # Same fields, helpers and events as a finding minimized earlier in this run.
-            rec = self._record(case, again.kernel, again.model, again.differences, kinds,
-                               {"seed": self.cfg.seed, "case index": index}, bucket_hint=known)
-            st.unique.add(rec)
-            self.on_event("finding", st)
-            return
-        t0 = time.monotonic()
-        # A case from inside the deterministic zone is kept inside it while shrinking.
-        admissible = self._in_zone if zone_violation(case, self.cfg.gen) is None else None
-        budget = 0.0 if self.stop else self.cfg.minimize_seconds  # a stop saves it unminimized, quickly
-        if self.cfg.duration is not None:  # --duration holds for minimizing too
-            budget = max(0.0, min(budget, self.cfg.duration - st.elapsed()))
-        # Minimized to what the cause needs: the first difference stays of the same kind, the
-        # observables it touched downstream may go (signature.py: the bucket is the root's shape).
-        root = root_kind(again.differences, again.kernel, again.model)
-        small, mstats = minimize(case, self._same(kinds, root), max_seconds=budget, admissible=admissible,
-                                 stop=self._stop_asked)
-        st.minimize_seconds += time.monotonic() - t0
-        final = rerun(small, kinds, self.kernel, self.model, root)
-        if not final.reproduced:  # minimized into a timing-dependent corner: keep the original
-            small, final = case, again
-        notes = {
-            "seed": self.cfg.seed,
-            "case index": index,
-            "original size": _size_text(case),
-            "minimized size": _size_text(small),
-            "minimizer": f"{mstats.calls} runs, {mstats.seconds:.1f} s"
-            + (" (time limit hit)" if mstats.timed_out else ""),
-            # Past --duration (a whole batch may still hold mismatches) or after a stop, the
-            # findings are saved without the bcc compile (0.4 s per program) to end on time.
-            "independent backend": ("not checked: the run's time was up; check it with diffuzz run CASE "
-                                    "--side kernel --backend bcc") if self._time_up()
-            else self.independent.check(small, final.kinds or kinds, final.model),
-        }
-        bucket = self._record(small, final.kernel, final.model, final.differences, final.kinds or kinds, notes)
-        self._known[pre] = bucket
+        st.minimize_seconds += r.seconds
+        bucket = self._record(r.case, r.kernel, r.model, r.differences, r.kinds, r.notes)
+        self._known[job.key] = bucket
         st.unique.add(bucket)
+        if more:
+            st.findings += more
+            self._hit(bucket, more)
         self.on_event("finding", st)
 
     def _known_bug(self, case: Case, k: Outcome, m: Outcome, verdict: Verdict, index: int) -> None:
@@ -386,30 +386,16 @@ class Engine(FindingStore):
         release = str(k.notes.get("kernel") or platform.release())
         known = tuple(f"known.{b}" for b in verdict.known)
         sig = Signature("+".join(known), (), (), release, known)
-        bucket = self._store(Finding(case, k, m, verdict.differences, sig,
-                                     {"seed": self.cfg.seed, "case index": index,
-                                      "known kernel bug": ", ".join(verdict.known)}), None)
-        st.unique.add(bucket)
+        if sig.bucket() in self._examples:
+            self._hit(sig.bucket())  # met before in this run: counted, written with the other hits
+        else:
+            finding = Finding(case, k, m, verdict.differences, sig, {"seed": self.cfg.seed, "case index": index,
+                                                                     "known kernel bug": ", ".join(verdict.known)})
+            self._examples[self._store(finding)] = finding
+            st.unique.add(sig.bucket())
         self.on_event("finding", st)
-
-    def _in_zone(self, case: Case) -> bool:
-        return zone_violation(case, self.cfg.gen) is None
-
-    def _same(self, kinds: Kinds, root: str | None = None) -> Callable[[Case], bool]:
-        def predicate(c: Case) -> bool:
-            k = self.kernel.run(c)
-            m = self.model(c)
-            return shows(judge(c, k, m), k, m, kinds, root)
-
-        return predicate
 
 
 def _is_error(outcome: Outcome) -> bool:
     """kernel_runner.pool.is_error, without importing the kernel side into the engine."""
     return "error" in outcome.notes
-
-
-def _size_text(case: Case) -> str:
-    c = complexity(case)
-    return f"{c[0]} events, {c[1]} steps in {c[2]} step list(s), {c[3]} inserts, {c[4]} pair(s)"
-

@@ -326,22 +326,43 @@ def test_sigterm_to_the_whole_process_group_stops_cleanly(tmp_path: Path) -> Non
         json.loads(path.read_text())  # nothing half-written
 
 
+def triage_process(pid: int) -> int:
+    """The fuzzer's triage process: its child that is not a kernel worker (a fork of it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            try:
+                if b"kernel_runner.worker" not in Path(f"/proc/{child}/cmdline").read_bytes():
+                    return int(child)
+            except OSError:
+                continue
+    raise AssertionError(f"no triage process under {pid}")
+
+
 def _send(proc: subprocess.Popen[str], target: str, sig: signal.Signals) -> str:
-    """Send sig to the whole process group, the fuzzer alone, or one kernel worker alone."""
+    """Send sig to the whole process group, the fuzzer alone, one kernel worker alone, the
+    triage process alone, or the triage process's kernel worker alone."""
     if target == "group":
         os.killpg(proc.pid, sig)
         return "group"
     if target == "main":
         os.kill(proc.pid, sig)
         return "main"
-    workers = _workers(proc.pid)
+    if target == "triage":
+        pid = triage_process(proc.pid)
+        os.kill(pid, sig)
+        return f"triage process {pid}"
+    workers = _workers(triage_process(proc.pid) if target == "triage-worker" else proc.pid)
     assert workers, "no kernel worker found"
     os.kill(workers[0], sig)
-    return f"worker {workers[0]}"
+    return f"{target} {workers[0]}"
 
 
 @kernel
-@pytest.mark.parametrize("target", ["group", "main", "worker"])
+@pytest.mark.parametrize("target", ["group", "main", "worker", "triage", "triage-worker"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
 def test_any_stop_signal_to_any_process_ends_the_campaign_cleanly(tmp_path: Path, target: str,
                                                                   sig: signal.Signals) -> None:
@@ -357,7 +378,7 @@ def test_any_stop_signal_to_any_process_ends_the_campaign_cleanly(tmp_path: Path
     assert proc.returncode == 0, f"{sig.name} to {who}:\n{out}"
     assert "Traceback" not in out and "diffuzz fuzz: summary" in out
     assert _events(tmp_path)[-1]["kind"] == "stop"
-    if target == "worker":
+    if target != "group" and target != "main":
         assert "stopping the campaign" in out
     for path in tmp_path.rglob("*.json"):
         json.loads(path.read_text())  # nothing half-written

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-import diffuzz.engine.loop as engine_module
+import diffuzz.engine.saving as saving_module
 from diffuzz.cli.status import Status, status_text
 from diffuzz.contract.case import Case, loads_case
 from diffuzz.contract.outcome import Outcome
@@ -121,7 +121,7 @@ def test_flaky_difference_is_an_event(tmp_path: Path) -> None:
 
 
 def test_flaky_cases_kept_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine_module, "FLAKY_KEPT", 3)
+    monkeypatch.setattr(saving_module, "FLAKY_KEPT", 3)
     seen: set[Case] = set()
 
     def first_run_wrong(case: Case) -> Outcome:
