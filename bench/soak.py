@@ -1,6 +1,11 @@
 """Soak: run a `diffuzz fuzz` campaign and sample its whole process tree from the first second.
 
     .venv/bin/python bench/soak.py --duration 3600 --workdir /tmp/soak [--jobs 2] [--every 10]
+                                   [--plant drop_not_sticky]
+
+--plant NAME runs the campaign with one of tests/quality/test_planted_bugs.py's model bugs in
+the model (the fuzz process's, and so the triage process's, which it forks), so findings keep
+coming on a kernel the model otherwise matches: what a finding leaves behind shows.
 
 Every --every seconds the sampler walks the campaign's process tree (the fuzz process, its
 kernel workers, the bcc confirmation worker, any replacement of a lost worker) and records:
@@ -101,8 +106,34 @@ def _stats(workdir: Path) -> tuple[int, int]:
     return int(stats.get("execs_done", 0)), int(stats.get("unique_findings", 0))
 
 
-def _role(pid: int) -> str:
-    """'fuzz', 'worker interp', 'worker bcc', ... from the command line."""
+# The campaign with a planted model bug: sys.argv[1] names it, the rest is the diffuzz command line.
+PLANT_BOOT = """
+import sys
+sys.path.insert(0, {root!r})
+from tests.quality.test_planted_bugs import BUGS, _planted
+[bug] = [b for b in BUGS if b.name == sys.argv[1]]
+_planted(bug).__enter__()  # for the whole run (and the triage process, a fork of this one)
+from diffuzz.cli.commands import main
+sys.argv = ["diffuzz", *sys.argv[2:]]
+main()
+"""
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _role(pid: int, root: int) -> str:
+    """'fuzz', 'triage', 'worker interp', 'triage worker interp', 'worker bcc', ... from the
+    command line and the parent (the triage process is a fork of the fuzz process)."""
+    if pid == root:
+        return "fuzz"
+    if _ppid(pid) != root and _ppid(_ppid(pid)) == root:
+        return "triage " + _role(pid, _ppid(pid))
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().decode(errors="replace").split("\0")
@@ -110,7 +141,7 @@ def _role(pid: int) -> str:
         return "?"
     if "kernel_runner.worker" in argv:
         return "worker " + (argv[argv.index("--backend") + 1] if "--backend" in argv else "?")
-    return "fuzz" if "fuzz" in argv else Path(argv[0]).name
+    return "triage" if "fuzz" in argv else Path(argv[0]).name
 
 
 def sample(root: int, workdir: Path, t: float) -> tuple[Sample, list[tuple[float, int, str, int, int, int, int]]]:
@@ -122,7 +153,7 @@ def sample(root: int, workdir: Path, t: float) -> tuple[Sample, list[tuple[float
         r = _rss_kb(pid)
         f, m, p = _fds(pid)
         rss, fds, maps, progs = rss + r, fds + f, maps + m, progs + p
-        per.append((round(t, 1), pid, _role(pid), r, f, m, p))
+        per.append((round(t, 1), pid, _role(pid, root), r, f, m, p))
     execs, findings = _stats(workdir)
     return Sample(round(t, 1), len(pids), rss, fds, maps, progs, execs, findings), per
 
@@ -143,6 +174,24 @@ def report(rows: list[Sample], warmup: float) -> str:
     return "\n".join(lines)
 
 
+def report_roles(per: list[tuple[float, int, str, int, int, int, int]], warmup: float) -> str:
+    """RSS per role (all processes of a role together), first and last tenth after warm-up."""
+    lines = []
+    for role in sorted({p[2] for p in per}):
+        by_t: dict[float, int] = {}
+        for p in per:
+            if p[2] == role and p[0] >= warmup:
+                by_t[p[0]] = by_t.get(p[0], 0) + p[3]
+        if not by_t:
+            continue
+        rss = [by_t[t] for t in sorted(by_t)]
+        tenth = max(1, len(rss) // 10)
+        a, b = statistics.fmean(rss[:tenth]), statistics.fmean(rss[-tenth:])
+        lines.append(f"  {role:22} RSS first tenth {a / 1024:7.1f} MB  last tenth {b / 1024:7.1f} MB  "
+                     f"change {100 * (b - a) / a:+5.1f}%")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=3600.0)
@@ -150,16 +199,20 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--every", type=float, default=10.0, help="seconds between samples")
     ap.add_argument("--warmup", type=float, default=60.0)
+    ap.add_argument("--plant", metavar="BUG", help="a planted model bug of tests/quality/test_planted_bugs.py")
     args = ap.parse_args()
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    diffuzz = Path(sys.executable).parent / "diffuzz"
-    cmd = [str(diffuzz), "fuzz", "--duration", str(args.duration), "--jobs", str(args.jobs),
-           "--workdir", str(args.workdir)]
+    fuzz = ["fuzz", "--duration", str(args.duration), "--jobs", str(args.jobs), "--workdir", str(args.workdir)]
+    if args.plant:
+        cmd = [sys.executable, "-c", PLANT_BOOT.format(root=str(ROOT)), args.plant, *fuzz]
+    else:
+        cmd = [str(Path(sys.executable).parent / "diffuzz"), *fuzz]
     log = (args.workdir / "soak-fuzz.log").open("w")
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     rows: list[Sample] = []
+    everyone: list[tuple[float, int, str, int, int, int, int]] = []
     with (args.workdir / "soak.csv").open("w", newline="") as out, \
             (args.workdir / "soak-procs.csv").open("w", newline="") as out_procs:
         writer, procs = csv.writer(out), csv.writer(out_procs)
@@ -171,6 +224,7 @@ def main() -> int:
                 rows.append(row)
                 writer.writerow(astuple(row))
                 procs.writerows(per)
+                everyone += per
                 out.flush()
                 out_procs.flush()
                 time.sleep(args.every)
@@ -178,10 +232,11 @@ def main() -> int:
             proc.terminate()  # the campaign saves its state on SIGTERM
             proc.wait()
     log.close()
-    print(" ".join(cmd))
+    print(" ".join(cmd) if not args.plant else f"diffuzz {' '.join(fuzz)} with the planted bug {args.plant}")
     print(f"exit status {proc.returncode}")
     if rows:
         print(report(rows, args.warmup))
+        print(report_roles(everyone, args.warmup))
     return proc.returncode or 0
 
 

@@ -192,7 +192,8 @@ def fuzz(duration: float | None, n_cases: int | None, seed: int | None, jobs: in
                                    gen=gen),
                         pool, model, corpus, independent, on_event=status.update, campaign=campaign,
                         # atheris steps one case at a time in-process: it triages inline
-                        triage_kernel=None if engine_name == "atheris" else _triage_kernel(backend, deadline, kernel))
+                        triage_kernel=None if engine_name == "atheris" else _triage_kernel(backend, deadline, kernel),
+                        profile=choice.profile)
         resumed = f", resuming session {campaign.sessions} at case {campaign.execs:,}" if campaign.sessions > 1 else ""
         status.console.print(f"diffuzz fuzz: {choice.line()}, engine {engine_name}, seed {seed}, "
                              f"{pool.jobs} kernel worker(s){'' if kernel == 'host' else ' in ' + kernel}, "

@@ -75,7 +75,8 @@ def triage(workdir: str, backend: str, deadline: float, minimize_seconds: float,
             remember_profile(kernel, choice)
             gen = GenConfig(vm=True) if kernel != "host" else GenConfig()
             config = FuzzConfig(minimize_seconds=minimize_seconds, gen=gen)
-            engine = Engine(config, pool, model, Corpus(workdir), independent, campaign=campaign)
+            engine = Engine(config, pool, model, Corpus(workdir), independent, campaign=campaign,
+                            profile=choice.profile)
             click.echo(f"diffuzz triage: {len(todo)} case(s) in {root / 'unconfirmed'}, {choice.line()}")
             with _StopOnSignal(engine):
                 left = _triage_all(engine, todo)

@@ -25,7 +25,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -134,7 +134,7 @@ def format_diff(case: Case, differences: tuple[Difference, ...] | list[Differenc
     return "\n".join(lines) + "\n"
 
 
-def _profiles(f: Finding) -> list[str]:
+def profiles_of(f: Finding) -> list[str]:
     """The kernel profile the model outcome was computed under (sim.run notes it)."""
     name = f.model.notes.get("profile")
     return [str(name)] if name else []
@@ -190,10 +190,10 @@ class Corpus:
         name = f.signature.bucket()
         final = self.findings / name
         if (final / "bucket.json").exists():
-            return self.hit(final, f)
+            return self.hit(final, f.signature.release, profiles_of(f))
         now = _now()
         state = {"signature": f.signature.to_dict(), "count": 1, "first_seen": now, "last_seen": now,
-                 "releases": [f.signature.release], "profiles": _profiles(f), "status": "new"}
+                 "releases": [f.signature.release], "profiles": profiles_of(f), "status": "new"}
         tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{name}.", dir=self.findings))
         try:
             write_atomic(tmp / "case.json", f.case.to_json() + "\n")
@@ -206,20 +206,21 @@ class Corpus:
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
             if (final / "bucket.json").exists():
-                return self.hit(final, f)
+                return self.hit(final, f.signature.release, profiles_of(f))
             raise
         _fsync_dir(self.findings)
         return Recorded(final, True, 1)
 
-    def hit(self, bucket: Path, f: Finding, n: int = 1) -> Recorded:
-        """Count `n` more occurrences on an existing bucket (no new files)."""
+    def hit(self, bucket: Path, release: str, profiles: Iterable[str], n: int = 1) -> Recorded:
+        """Count `n` more occurrences, seen on `release` under the model's `profiles`, on an
+        existing bucket (no new files)."""
         state = json.loads((bucket / "bucket.json").read_text())
         now = _now()
         state["count"] = int(state.get("count", 0)) + n
         state["last_seen"] = now
-        if f.signature.release not in state.setdefault("releases", []):
-            state["releases"].append(f.signature.release)
-        for name in _profiles(f):
+        if release not in state.setdefault("releases", []):
+            state["releases"].append(release)
+        for name in profiles:
             if name not in state.setdefault("profiles", []):
                 state["profiles"].append(name)
         write_atomic(bucket / "bucket.json", json.dumps(state, indent=1) + "\n")

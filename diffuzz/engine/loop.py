@@ -47,6 +47,7 @@ from diffuzz.engine.saving import FindingStore
 from diffuzz.engine.signature import Signature, root_kind
 from diffuzz.engine.triage import Key, Mismatch, Triage, Triaged
 from diffuzz.engine.triage_process import TriageProcess
+from sim.profile import Profile
 
 Model = Callable[[Case], Outcome]
 Source = Callable[[int], Case]  # case index -> case
@@ -61,10 +62,13 @@ class Engine(FindingStore):
     def __init__(self, config: FuzzConfig, kernel: Any, model: Model, corpus: Corpus,
                  independent: Independent | None = None,
                  on_event: Callable[[str, FuzzStats], None] | None = None, campaign: Any = None,
-                 source: Source | None = None, triage_kernel: Callable[[], Any] | None = None) -> None:
+                 source: Source | None = None, triage_kernel: Callable[[], Any] | None = None,
+                 profile: Profile | None = None) -> None:
         """`campaign`: a diffuzz.engine.campaign.Campaign (or None for a run without state);
         `source`: case index -> case (default: random_case of the config's seed and generator);
-        `triage_kernel`: builds the triage process's own kernel runner (None: triage inline)."""
+        `triage_kernel`: builds the triage process's own kernel runner (None: triage inline);
+        `profile`: the model's kernel profile, for triage to ask whether a finding is one of its
+        behaviours switched (explain.py)."""
         self.cfg = config
         self.kernel = kernel
         self.model = model
@@ -85,11 +89,13 @@ class Engine(FindingStore):
         self._flaky_kept: int | None = None  # cases in flaky/ (counted on first use)
         self._unsaved: list[Finding] = []  # not yet on disk
         self._hits: Counter[str] = Counter()
-        self._examples: dict[str, Finding] = {}
+        self._examples: dict[str, tuple[str, tuple[str, ...]]] = {}
         self.stop = False
         self._known: dict[Key, str] = {}  # key of each mismatch triaged in this run -> its bucket
         self._waiting: dict[Key, int] = {}  # keys in triage -> how many more came meanwhile
-        self._inline = Triage(kernel, model, self.independent, config.gen, self._stop_asked)
+        self.profile = profile
+        self._inline = Triage(kernel, model, self.independent, config.gen, self._stop_asked, profile)
+        self._told: set[str] = set()  # behaviours already said to explain findings
         self.triage_kernel = triage_kernel
         self.triage: TriageProcess | None = None
 
@@ -118,7 +124,7 @@ class Engine(FindingStore):
     def run(self) -> FuzzStats:
         if self.triage_kernel is not None:
             self.triage = TriageProcess(self.triage_kernel, self.model, self.independent, self.cfg.gen,
-                                        self.cfg.minimize_seconds)
+                                        self.cfg.minimize_seconds, self.profile)
         try:
             while not self._done():
                 n = self.cfg.batch
@@ -369,7 +375,10 @@ class Engine(FindingStore):
         assert r.case is not None and r.kernel is not None and r.model is not None
         st.findings += 1
         st.minimize_seconds += r.seconds
-        bucket = self._record(r.case, r.kernel, r.model, r.differences, r.kinds, r.notes)
+        bucket = self._record(r.case, r.kernel, r.model, r.differences, r.kinds, r.notes, r.explained)
+        if r.explained and r.explained not in self._told:
+            self._told.add(r.explained)
+            print(f"diffuzz: findings in {bucket}: {r.notes['explained by']}", file=sys.stderr, flush=True)
         self._known[job.key] = bucket
         st.unique.add(bucket)
         if more:
@@ -389,10 +398,9 @@ class Engine(FindingStore):
         if sig.bucket() in self._examples:
             self._hit(sig.bucket())  # met before in this run: counted, written with the other hits
         else:
-            finding = Finding(case, k, m, verdict.differences, sig, {"seed": self.cfg.seed, "case index": index,
-                                                                     "known kernel bug": ", ".join(verdict.known)})
-            self._examples[self._store(finding)] = finding
-            st.unique.add(sig.bucket())
+            st.unique.add(self._store(Finding(case, k, m, verdict.differences, sig,
+                                              {"seed": self.cfg.seed, "case index": index,
+                                               "known kernel bug": ", ".join(verdict.known)})))
         self.on_event("finding", st)
 
 

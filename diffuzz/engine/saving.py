@@ -21,7 +21,8 @@ from typing import Any
 from diffuzz.contract.case import Case
 from diffuzz.contract.outcome import Outcome
 from diffuzz.engine.compare import Difference
-from diffuzz.engine.corpus import Corpus, Finding, Recorded, format_diff, write_atomic
+from diffuzz.engine.corpus import Corpus, Finding, Recorded, format_diff, profiles_of, write_atomic
+from diffuzz.engine.explain import PREFIX
 from diffuzz.engine.oracle import Verdict
 from diffuzz.engine.signature import Kinds, Signature, root_kind
 from diffuzz.engine.triage import Mismatch
@@ -42,7 +43,7 @@ class FindingStore:
     campaign: Any
     _unsaved: list[Finding]
     _hits: Counter[str]  # bucket -> occurrences not yet written
-    _examples: dict[str, Finding]  # bucket -> its triaged finding (the release and profile of a hit)
+    _examples: dict[str, tuple[str, tuple[str, ...]]]  # bucket -> (release, model profiles) its hits are counted with
     _hits_written = 0.0
     _flaky_kept: int | None  # cases in flaky/ (counted on first use)
     cfg: Any  # the Engine's FuzzConfig (its seed names kept cases)
@@ -52,13 +53,16 @@ class FindingStore:
         raise NotImplementedError
 
     def _record(self, case: Case, k: Outcome, m: Outcome, diffs: tuple[Difference, ...], kinds: Kinds,
-                notes: dict[str, Any]) -> str:
+                notes: dict[str, Any], explained: str | None = None) -> str:
+        """Save a finding; one a profile behaviour explains (explain.py) goes to that behaviour's
+        one bucket, whatever its fields, helpers and events."""
         release = str(k.notes.get("kernel") or platform.release())
-        sig = Signature.of(kinds, case, release, root_kind(diffs, k, m))
+        if explained is not None:
+            sig = Signature(PREFIX + explained, (), (), release, tuple(sorted(kinds)))
+        else:
+            sig = Signature.of(kinds, case, release, root_kind(diffs, k, m))
         finding = Finding(case, k, m, diffs, sig, notes)
-        bucket = self._store(finding)
-        self._examples.setdefault(bucket, finding)
-        return bucket
+        return self._store(finding)
 
     def _store(self, finding: Finding) -> str:
         """Save (or count) a finding; the bucket's name, also when the disk refused it for now."""
@@ -74,6 +78,7 @@ class FindingStore:
             self._event("problem", about="finding", bucket=name, message=str(e.strerror or e))
             return name
         self._saved(rec)
+        self._examples.setdefault(rec.bucket.name, (finding.signature.release, tuple(profiles_of(finding))))
         return rec.bucket.name
 
     def _saved(self, rec: Recorded) -> None:
@@ -90,10 +95,11 @@ class FindingStore:
                 rec = self.corpus.record(self._unsaved[0])
             except OSError:
                 return
-            self._unsaved.pop(0)
+            finding = self._unsaved.pop(0)
             self.stats.unsaved = len(self._unsaved)
             print(f"diffuzz: finding saved after all: {rec.bucket}", file=sys.stderr, flush=True)
             self._saved(rec)
+            self._examples.setdefault(rec.bucket.name, (finding.signature.release, tuple(profiles_of(finding))))
 
     def unsaved_cases(self) -> list[str]:
         """Case JSON of the findings still not on disk (the CLI prints them before exiting)."""
@@ -112,12 +118,12 @@ class FindingStore:
             return
         self._hits_written = time.monotonic()
         for bucket, n in list(self._hits.items()):
-            example = self._examples.get(bucket)
+            seen = self._examples.get(bucket)
             path = self.corpus.findings / bucket
-            if example is None or not (path / "bucket.json").exists():
+            if seen is None or not (path / "bucket.json").exists():
                 continue
             try:
-                self.corpus.hit(path, example, n)
+                self.corpus.hit(path, *seen, n=n)
             except OSError:
                 continue
             del self._hits[bucket]

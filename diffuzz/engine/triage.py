@@ -24,10 +24,12 @@ from diffuzz.contract.case import Case
 from diffuzz.contract.outcome import Outcome
 from diffuzz.engine.compare import Difference
 from diffuzz.engine.confirm import Independent, rerun, shows
+from diffuzz.engine.explain import explaining_behaviour, sentence
 from diffuzz.engine.minimize import complexity, minimize
 from diffuzz.engine.oracle import judge
 from diffuzz.engine.signature import Kinds, case_features, root_kind
 from diffuzz.engine.zone import DEFAULT, GenConfig, zone_violation
+from sim.profile import Profile
 
 # (differing fields, helpers, events): mismatches with the same key are one triage
 Key = tuple[Kinds, tuple[str, ...], tuple[str, ...]]
@@ -74,6 +76,7 @@ class Triaged:
     kinds: Kinds = frozenset()
     notes: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0  # spent minimizing
+    explained: str | None = None  # the profile behaviour whose switch explains it (explain.py)
 
 
 def size_text(case: Case) -> str:
@@ -85,8 +88,12 @@ class Triage:
     """Triage on one kernel runner (anything with run(case) -> Outcome) and the model."""
 
     def __init__(self, kernel: Any, model: Callable[[Case], Outcome], independent: Independent | None = None,
-                 gen: GenConfig = DEFAULT, stop: Callable[[], bool] = lambda: False) -> None:
+                 gen: GenConfig = DEFAULT, stop: Callable[[], bool] = lambda: False,
+                 profile: Profile | None = None) -> None:
+        """`profile`: the model's kernel profile, to ask whether a finding is one of its behaviours
+        switched (explain.py); None: not asked (a model that is not sim.run under a profile)."""
         self.kernel = kernel
+        self.profile = profile
         self.model = model
         self.independent = independent or Independent(None)
         self.gen = gen
@@ -109,6 +116,13 @@ class Triage:
         final = rerun(small, job.kinds, self.kernel, self.model, root)
         if not final.reproduced:  # minimized into a timing-dependent corner: keep the original
             small, final = job.case, again
+        explained = None
+        if self.profile is not None:
+            explained = explaining_behaviour(small, final.kernel, self.profile)
+            if explained is None and small is not job.case:  # the small case may have lost it
+                explained = explaining_behaviour(job.case, again.kernel, self.profile)
+                if explained is not None:
+                    small, final = job.case, again
         kinds = final.kinds or job.kinds
         notes: dict[str, Any] = {
             "seed": job.seed,
@@ -120,8 +134,10 @@ class Triage:
             "independent backend": self.independent.check(small, kinds, final.model)
             if check_independent and not self.stop() else NOT_CHECKED,
         }
+        if explained is not None and self.profile is not None:
+            notes["explained by"] = sentence(explained, self.profile)
         return Triaged(job, True, case=small, kernel=final.kernel, model=final.model, differences=final.differences,
-                       kinds=kinds, notes=notes, seconds=time.monotonic() - t0)
+                       kinds=kinds, notes=notes, seconds=time.monotonic() - t0, explained=explained)
 
     def _in_zone(self, case: Case) -> bool:
         return zone_violation(case, self.gen) is None

@@ -39,6 +39,7 @@ from diffuzz.engine.confirm import Independent
 from diffuzz.engine.triage import Mismatch, Triage, Triaged
 from diffuzz.engine.zone import GenConfig
 from kernel_runner.backend import WorkerStopped
+from sim.profile import Profile
 
 PER_ROOT = 2  # mismatches with the same root kind waiting or running
 QUEUE_MAX = 64  # mismatches waiting or running in all
@@ -50,7 +51,7 @@ class TriageProcess:
     """The fuzz process's side.  Not thread-safe: the loop's thread drives it."""
 
     def __init__(self, make_kernel: Callable[[], Any], model: Callable[[Case], Outcome], independent: Independent,
-                 gen: GenConfig, minimize_seconds: float) -> None:
+                 gen: GenConfig, minimize_seconds: float, profile: Profile | None = None) -> None:
         self.minimize_seconds = minimize_seconds
         self.queue: deque[Mismatch] = deque()
         self.running: Mismatch | None = None
@@ -61,7 +62,7 @@ class TriageProcess:
         ctx = multiprocessing.get_context("fork")
         ours, theirs = ctx.Pipe()
         self._conn: Connection = ours
-        self._proc = ctx.Process(target=_serve, args=(theirs, ours, make_kernel, model, independent, gen),
+        self._proc = ctx.Process(target=_serve, args=(theirs, ours, make_kernel, model, independent, gen, profile),
                                  name="diffuzz-triage", daemon=False)
         self._proc.start()
         theirs.close()
@@ -257,7 +258,8 @@ class _Child:
 
 
 def _serve(conn: Connection, parents_end: Connection, make_kernel: Callable[[], Any],
-           model: Callable[[Case], Outcome], independent: Independent, gen: GenConfig) -> None:
+           model: Callable[[Case], Outcome], independent: Independent, gen: GenConfig,
+           profile: Profile | None) -> None:
     """The child's body (multiprocessing ends it with os._exit: no finalizer of the fuzz
     process's objects runs here)."""
     parents_end.close()
@@ -273,7 +275,7 @@ def _serve(conn: Connection, parents_end: Connection, make_kernel: Callable[[], 
             conn.send(("stop_request", str(e) if isinstance(e, WorkerStopped) else child.stop_reason()))
         conn.send(("failed", f"its kernel worker did not start: {type(e).__name__}: {e}"))
         return
-    triage = Triage(child.kernel, model, independent, gen, child.should_stop)
+    triage = Triage(child.kernel, model, independent, gen, child.should_stop, profile)
     try:
         while True:
             msg = child.next_message()
