@@ -112,7 +112,8 @@ import sys
 sys.path.insert(0, {root!r})
 from tests.quality.test_planted_bugs import BUGS, _planted
 [bug] = [b for b in BUGS if b.name == sys.argv[1]]
-_planted(bug).__enter__()  # for the whole run (and the triage process, a fork of this one)
+planted = _planted(bug)  # kept: a collected context manager would take the bug back out
+planted.__enter__()  # for the whole run (and the triage process, a fork of this one)
 from diffuzz.cli.commands import main
 sys.argv = ["diffuzz", *sys.argv[2:]]
 main()

@@ -21,8 +21,8 @@ Faults the loop survives (tests/faults/):
 - a kernel hang or a VM's guest crash (the pool replaces the worker): a finding saved under hangs/ or
   crashes/ (with the guest's console), never re-run or minimized (each run costs a deadline or a boot);
 - a difference that does not reproduce: flaky, not a finding, kept under flaky/ with both runs' differences;
-- a triage process that dies or is killed: what it held, and every later mismatch, goes to
-  unconfirmed/ (a signal to it alone ends the campaign, as one to a kernel worker does);
+- a triage process that dies: what it held goes to unconfirmed/, and the loop triages inline from
+  then on; killed or signalled, it ends the campaign, as a signal to a kernel worker does;
 - a finding that cannot be saved (ENOSPC, any OSError): reported once, kept in memory and retried at
   every tick (every TICK cases); what is still unsaved at the end is printed as case JSON on stderr.
 """
@@ -53,9 +53,9 @@ Model = Callable[[Case], Outcome]
 Source = Callable[[int], Case]  # case index -> case
 TICK = 8  # cases between ticks: status line, campaign flush (itself rate-limited), unsaved findings
 TRIAGE_GRACE = 10.0  # seconds pending triage may go on after --duration or --cases
-# Handled after a batch: (case, kernel outcome, index, model outcome or None for a failed
-# kernel run, the verdict).
-_Later = tuple[Case, Outcome, int, Outcome | None, Verdict | None]
+# Handled after a batch: failed kernel runs (case, outcome, index), re-run; and mismatches to
+# triage inline (no triage process), both on the pool.
+_Lost = tuple[Case, Outcome, int]
 
 
 class Engine(FindingStore):
@@ -135,6 +135,7 @@ class Engine(FindingStore):
         finally:
             self._end_triage()
         self._save_unsaved()
+        self._write_hits(now=True)
         return self.stats
 
     def _end_triage(self) -> None:
@@ -151,7 +152,6 @@ class Engine(FindingStore):
             self._unconfirmed(job, f"the triage process ended: {triage.dead}" if triage.dead
                               else "the run ended before triage reached it")
         self.stats.triage_pending = 0
-        self._write_hits(now=True)
 
     def _next_index(self) -> int:
         if self.campaign is not None:
@@ -188,18 +188,20 @@ class Engine(FindingStore):
                 pending.append((i, case))
                 yield case
 
-        # Mismatches and failed kernel runs wait until the batch's imap is finished: confirming,
-        # minimizing and re-running use pool.run, which inside an open imap would queue behind
-        # the batch's cases in flight.
-        later: list[_Later] = []
+        # Failed kernel runs, and mismatches to triage inline, wait until the batch's imap is
+        # finished: re-running, confirming and minimizing use pool.run, which inside an open imap
+        # would queue behind the batch's cases in flight.  (The triage process has its own worker:
+        # what goes to it goes at once.)
+        lost: list[_Lost] = []
+        inline: list[Mismatch] = []
         outcomes = self.kernel.imap(feed())
         try:
             for k in outcomes:
                 i, case = pending.popleft()
                 if _is_error(k):
-                    later.append((case, k, i, None, None))  # counted when it is re-run
+                    lost.append((case, k, i))  # counted when it is re-run
                 else:
-                    self._one(case, k, i, later)
+                    self._one(case, k, i, inline)
                 if self._time_up():
                     break
                 if self.stats.cases % TICK == 0:
@@ -208,18 +210,16 @@ class Engine(FindingStore):
             close = getattr(outcomes, "close", None)
             if close is not None:
                 close()  # a stopped batch: the pool finishes what is in flight and forgets it
-        for case, k, i, m, verdict in later:
-            if m is None:
-                retried = self._retry_lost(case, k, i)
-                if retried is not None:
-                    self._one(case, retried, i, None)
-            else:
-                assert verdict is not None
-                self._mismatch(case, k, m, verdict, i)
+        for job in inline:
+            self._triaged(self._inline.run(job, self._budget(), check_independent=not self._time_up()))
+        for case, k, i in lost:
+            retried = self._retry_lost(case, k, i)
+            if retried is not None:
+                self._one(case, retried, i, None)
 
-    def _one(self, case: Case, k: Outcome, index: int, later: list[_Later] | None) -> Outcome | None:
-        """One kernel outcome against the model; returns the model outcome.  Mismatches go to
-        `later` (or are handled now when there is no batch in flight)."""
+    def _one(self, case: Case, k: Outcome, index: int, inline: list[Mismatch] | None) -> Outcome | None:
+        """One kernel outcome against the model; returns the model outcome.  A mismatch to triage
+        inline goes to `inline` (or is triaged now when there is no batch in flight)."""
         m = self._model(case, index)
         self._count(case, m)
         if m is None:
@@ -231,10 +231,7 @@ class Engine(FindingStore):
         if v.model_broken:
             self._model_broken(case, index, v)
         if v.kinds:
-            if later is not None:
-                later.append((case, k, index, m, v))
-            else:
-                self._mismatch(case, k, m, v, index)
+            self._mismatch(case, k, m, v, index, inline)
         return m
 
     def _retry_lost(self, case: Case, failed: Outcome, i: int) -> Outcome | None:
@@ -325,9 +322,11 @@ class Engine(FindingStore):
 
     # ---- a mismatch -------------------------------------------------------------------------
 
-    def _mismatch(self, case: Case, k: Outcome, m: Outcome, verdict: Verdict, index: int) -> None:
+    def _mismatch(self, case: Case, k: Outcome, m: Outcome, verdict: Verdict, index: int,
+                  inline: list[Mismatch] | None = None) -> None:
         """A difference, or a broken promise of the kernel (verdict.kinds): triage its key's first
-        one (triage.py), count the others on its bucket."""
+        one (triage.py), count the others on its bucket.  Inline triage waits in `inline` when
+        given (a batch in flight)."""
         if verdict.known:
             self._known_bug(case, k, m, verdict, index)
             return
@@ -342,7 +341,11 @@ class Engine(FindingStore):
         elif key in self._waiting:
             self._waiting[key] += 1  # a key already being triaged only counts
         elif self.triage is None or self.triage.dead:  # no triage process, or it failed: inline
-            self._triaged(self._inline.run(job, self._budget(), check_independent=not self._time_up()))
+            if inline is not None:
+                inline.append(job)
+                self._waiting[key] = 0  # the same key in this batch only counts
+            else:
+                self._triaged(self._inline.run(job, self._budget(), check_independent=not self._time_up()))
         elif not self.triage.has_room(job.root):
             self.stats.triage_skipped += 1  # its root kind is queued: it only counts, and may come again
         else:
