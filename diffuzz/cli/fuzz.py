@@ -31,6 +31,14 @@ from diffuzz.contract.outcome import Outcome
 BACKENDS = ("interp", "bcc")
 ENGINES = ("random", "atheris")
 
+# Options fuzz shares with triage (diffuzz/cli/triage.py).
+backend_option = click.option("--backend", type=click.Choice(BACKENDS), default="interp", show_default=True,
+                              help="Kernel program backend.")
+deadline_option = click.option("--deadline", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+                               help="Seconds before a kernel case counts as a hang.")
+minimize_seconds_option = click.option("--minimize-seconds", type=click.FloatRange(min=0), default=30.0,
+                                       show_default=True, help="Time budget for minimizing one new finding.")
+
 
 def _profiled_model(forced: str | None, pool: Any) -> tuple[Any, Callable[[Case], Outcome]]:
     """Probe the kernel through the pool (diffuzz/engine/probes.py) and bind the model to the chosen
@@ -137,12 +145,9 @@ class _StopOnSignal:
 @click.option("--engine", "engine_name", type=click.Choice(ENGINES), default="random", show_default=True,
               help="random: the seeded case stream, pipelined over all workers; atheris: libFuzzer's "
                    "coverage-guided loop in-process (feature signal as coverage), one case at a time.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="interp", show_default=True,
-              help="Kernel program backend.")
-@click.option("--deadline", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="Seconds before a kernel case counts as a hang.")
-@click.option("--minimize-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="Time budget for minimizing one new finding.")
+@backend_option
+@deadline_option
+@minimize_seconds_option
 @click.option("--stats-interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
               help="Seconds between rewrites of WORKDIR/stats.json and state.json.")
 @kernel_option

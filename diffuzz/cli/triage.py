@@ -21,12 +21,14 @@ import click
 
 from diffuzz.cli.common import BadInput, Unusable, kernel_option, profile_option, remember_profile
 from diffuzz.cli.fuzz import (
-    BACKENDS,
     _check_profile_name,
     _independent,
     _pool,
     _profiled_model,
     _StopOnSignal,
+    backend_option,
+    deadline_option,
+    minimize_seconds_option,
 )
 from diffuzz.contract.case import CaseError, load_case
 
@@ -38,12 +40,9 @@ _NAME = re.compile(r"^seed(\d+)-case(\d+)$")
 
 @click.command("triage")
 @click.argument("workdir", type=click.Path(file_okay=False))
-@click.option("--backend", type=click.Choice(BACKENDS), default="interp", show_default=True,
-              help="Kernel program backend.")
-@click.option("--deadline", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="Seconds before a kernel case counts as a hang.")
-@click.option("--minimize-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="Time budget for minimizing one finding.")
+@backend_option
+@deadline_option
+@minimize_seconds_option
 @kernel_option
 @profile_option
 def triage(workdir: str, backend: str, deadline: float, minimize_seconds: float, kernel: str,

@@ -14,15 +14,14 @@ import time
 from pathlib import Path
 
 from tests.faults.test_fuzz_faults import (
-    EVENTS,
     PLANTED,
     ROOT,
     _events,
     _fuzz,
     _need_kernel,
-    _wait,
     kernel,
     triage_process,
+    wait_for_finding,
 )
 
 
@@ -30,8 +29,7 @@ from tests.faults.test_fuzz_faults import (
 def test_triage_process_killed_its_cases_wait_in_unconfirmed_for_diffuzz_triage(tmp_path: Path) -> None:
     _need_kernel()
     proc = _fuzz(tmp_path, "--duration", "120", planted=True)
-    _wait("a finding", lambda: (tmp_path / EVENTS).exists() and any(
-        e["kind"] == "new_finding" for e in _events(tmp_path)), proc)
+    wait_for_finding(tmp_path, proc)
     child = triage_process(proc.pid)
     os.kill(child, signal.SIGSTOP)  # it holds the case it has; the loop queues more meanwhile
     time.sleep(2.0)
