@@ -132,7 +132,6 @@ def bpf_msg_push_data(msg: SkMsg, start: int, ln: int, flags: int) -> int:
     elems = msg.elems
     i, off = _find(elems, start)
     space = MAX_MSG_FRAGS - len(elems)
-    new = Elem(bytes(ln), [(0, ln)])
     copy = 0
     if not space or (space == 1 and start != off):
         # copy = msg->sg.data[i].length: the empty slot past the end when appending.
@@ -141,6 +140,7 @@ def bpf_msg_push_data(msg: SkMsg, start: int, ln: int, flags: int) -> int:
         return -EINVAL  # u32 wrap of copy + len (7.2 / 6.12.97 / 6.1.178 fix)
     if copy + ln > MAX_ALLOC:
         return -ENOMEM
+    new = Elem(bytes(ln), [(0, ln)])  # only now: ln may be near 4 GiB until the checks above refuse it
     if copy:
         # The copy path: e_i becomes e_i[:k] + NEW + e_i[k:] in one new element.
         e = elems[i]

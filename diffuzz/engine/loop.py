@@ -45,7 +45,7 @@ from diffuzz.engine.generate import random_case
 from diffuzz.engine.oracle import Verdict, judge
 from diffuzz.engine.saving import FindingStore
 from diffuzz.engine.signature import Signature, root_kind
-from diffuzz.engine.triage import Key, Mismatch, Triage, Triaged
+from diffuzz.engine.triage import Mismatch, Triage, Triaged
 from diffuzz.engine.triage_process import TriageProcess
 from sim.profile import Profile
 
@@ -91,8 +91,8 @@ class Engine(FindingStore):
         self._hits: Counter[str] = Counter()
         self._examples: dict[str, tuple[str, tuple[str, ...]]] = {}
         self.stop = False
-        self._known: dict[Key, str] = {}  # key of each mismatch triaged in this run -> its bucket
-        self._waiting: dict[Key, int] = {}  # keys in triage -> how many more came meanwhile
+        self._known: dict[int, str] = {}  # key (Mismatch.key) of each mismatch triaged in this run -> its bucket
+        self._waiting: dict[int, int] = {}  # keys in triage -> how many more came meanwhile
         self.profile = profile
         self._inline = Triage(kernel, model, self.independent, config.gen, self._stop_asked, profile)
         self._told: set[str] = set()  # behaviours already said to explain findings
@@ -382,7 +382,7 @@ class Engine(FindingStore):
         if r.explained and r.explained not in self._told:
             self._told.add(r.explained)
             print(f"diffuzz: findings in {bucket}: {r.notes['explained by']}", file=sys.stderr, flush=True)
-        self._known[job.key] = bucket
+        self._known[job.key] = sys.intern(bucket)  # one string per bucket, however many keys
         st.unique.add(bucket)
         if more:
             st.findings += more
