@@ -163,7 +163,7 @@ class Target:
             from diffuzz.engine.corpus import Corpus, Finding
             from diffuzz.engine.signature import Signature, root_kind
 
-            sig = Signature.of(kinds, case, os.uname().release, root_kind(diffs, kernel, model))
+            sig = Signature.of(kinds, case, os.uname().release, root_kind(diffs, kernel, model, case))
             rec = Corpus(self.corpus_root).record(Finding(case, kernel, model, diffs, sig,
                                                           notes={"engine": "atheris", "minimized": False}))
             return str(rec.bucket)

@@ -35,7 +35,8 @@ class Rerun:
     kinds: Kinds = frozenset()  # the verdict's kinds on this run
 
 
-def shows(verdict: Verdict, kernel: Outcome, model: Outcome, kinds: Kinds, root: str | None = None) -> bool:
+def shows(verdict: Verdict, kernel: Outcome, model: Outcome, kinds: Kinds, root: str | None = None,
+          case: Case | None = None) -> bool:
     """Does this verdict show the finding?  With `root` (signature.root_kind), when its first
     difference still shows the same cause (signature.same_cause: what the minimizer keeps, not
     every observable the cause touched); without, when its kinds are exactly `kinds` (what
@@ -46,7 +47,7 @@ def shows(verdict: Verdict, kernel: Outcome, model: Outcome, kinds: Kinds, root:
         return False
     if root is None:
         return verdict.kinds == kinds
-    return bool(verdict.kinds) and same_cause(root, root_kind(verdict.differences, kernel, model))
+    return bool(verdict.kinds) and same_cause(root, root_kind(verdict.differences, kernel, model, case))
 
 
 def rerun(case: Case, kinds: Kinds, kernel: Runner, model: Callable[[Case], Outcome],
@@ -56,7 +57,7 @@ def rerun(case: Case, kinds: Kinds, kernel: Runner, model: Callable[[Case], Outc
     k = kernel.run(case)
     m = model(case)
     v = judge(case, k, m)
-    return Rerun(shows(v, k, m, kinds, root), k, m, v.differences, v.kinds)
+    return Rerun(shows(v, k, m, kinds, root, case), k, m, v.differences, v.kinds)
 
 
 class Independent:

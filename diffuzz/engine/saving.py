@@ -60,7 +60,7 @@ class FindingStore:
         if explained is not None:
             sig = Signature(PREFIX + explained, (), (), release, tuple(sorted(kinds)))
         else:
-            sig = Signature.of(kinds, case, release, root_kind(diffs, k, m))
+            sig = Signature.of(kinds, case, release, root_kind(diffs, k, m, case))
         finding = Finding(case, k, m, diffs, sig, notes)
         return self._store(finding)
 

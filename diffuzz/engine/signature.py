@@ -35,6 +35,8 @@ def diff_kinds(differences: Iterable[Difference]) -> Kinds:
 
 _EVENT = re.compile(r"^events\[(\d+)\]")
 _RUN = re.compile(r"^runs\[(\d+)\]")
+ALONE = ("runs.", "invariant.")  # roots that name a bucket without the case's helpers and events
+_STEP = re.compile(r"^runs\[(\d+)\]\.steps\[(\d+)\]")
 _LATER = 1 << 30  # after every event: the drain's endpoints
 
 
@@ -87,22 +89,34 @@ _DOWNSTREAM = {"inserts": 0, "runs": 1, "events": 2, "endpoints": 3}  # where a 
 
 def same_cause(root: str, got: str) -> bool:
     """Does a case whose first difference is `got` still show the cause of a finding whose first
-    difference was `root`?  The same broken promise; or the same place or a later one: a run's
-    difference shows next in the send's return, then at the drain, once the observables in
-    between are gone (what the minimizer may take away)."""
-    if root in _DOWNSTREAM and got in _DOWNSTREAM:
+    difference was `root`?  The same broken promise, or the same helper's result (`runs.<op>`); or
+    the same place or a later one: a run's difference shows next in the send's return, then at the
+    drain, once the observables in between are gone (what the minimizer may take away)."""
+    if root.startswith("runs."):
+        return got == root  # the helper that answered differently is the cause: it must stay
+    if root in _DOWNSTREAM and got.split(".", 1)[0] in _DOWNSTREAM:
+        got = got.split(".", 1)[0]
         return _DOWNSTREAM[got] >= _DOWNSTREAM[root]
     return got == root
 
 
-def root_kind(differences: Sequence[Difference], kernel: Outcome, model: Outcome | None = None) -> str:
+def root_kind(differences: Sequence[Difference], kernel: Outcome, model: Outcome | None = None,
+              case: Case | None = None) -> str:
     """The kind of the first difference: a broken promise (the judge lists those first), else the
     earliest in time (a run inside a send before that send's return, every event before the
-    drain); field order breaks ties."""
+    drain); field order breaks ties.  With the case, a first difference in a helper step's result
+    is `runs.<op>` (runs.pop_data): the helper that answered differently, whatever else the case
+    holds, names the cause."""
     if not differences:
         return "none"
     order = sorted(range(len(differences)), key=lambda i: (_when(differences[i], kernel, model), i))
-    return _root_name(differences[order[0]].kind())
+    first = differences[order[0]]
+    m = _STEP.match(first.path) if case is not None else None
+    if m and not first.path.startswith("invariant."):
+        steps = case.invocation(int(m[1])).steps if case is not None else ()
+        if int(m[2]) < len(steps):
+            return f"runs.{steps[int(m[2])].op}"
+    return _root_name(first.kind())
 
 
 def case_features(case: Case) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -124,7 +138,12 @@ class Signature:
 
     @classmethod
     def of(cls, kinds: Kinds, case: Case, release: str, root: str | None = None) -> Signature:
-        helpers, events = case_features(case)
+        """A helper's result as the root (`runs.<op>`), or a broken promise (`invariant.<name>`), names
+        the bucket alone, with the release: the other helpers and events of the case are the setting
+        it showed in.  (A promise broken in many shapes is one bucket: a documented bug the model
+        could not name there, because it took another path, lands in one place, not one per shape;
+        two new kernel bugs that break the same promise share it.)"""
+        helpers, events = ((), ()) if root and root.startswith(ALONE) else case_features(case)
         ordered = tuple(sorted(kinds))
         return cls(root or (ordered[0] if ordered else "none"), helpers, events, release, ordered)
 
@@ -140,7 +159,9 @@ class Signature:
     def slug(self) -> str:
         """A readable, filesystem-safe prefix: the root kind and the helpers."""
         first = self.root
-        words = [first, *self.helpers] if self.helpers else [first, "no_helpers"]
+        # A root that names its cause alone (a helper's result, a profile behaviour) has no helpers.
+        alone = first.startswith((*ALONE, "profile."))
+        words = [first, *self.helpers] if self.helpers or alone else [first, "no_helpers"]
         clean = (re.sub(r"[^A-Za-z0-9_.]+", "_", w.replace("[*]", "").replace(".*.", ".")).strip("_.") for w in words)
         return "-".join(clean)[:60]
 

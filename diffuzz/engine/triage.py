@@ -112,7 +112,7 @@ class Triage:
         admissible = self._in_zone if zone_violation(job.case, self.gen) is None else None
         # Minimized to what the cause needs: the first difference stays of the same kind, the
         # observables it touched downstream may go (signature.py: the bucket is the root's shape).
-        root = root_kind(again.differences, again.kernel, again.model)
+        root = root_kind(again.differences, again.kernel, again.model, job.case)
         small, mstats = minimize(job.case, self._same(job.kinds, root), max_seconds=0.0 if self.stop() else budget,
                                  admissible=admissible, stop=self.stop)
         final = rerun(small, job.kinds, self.kernel, self.model, root)
@@ -148,6 +148,6 @@ class Triage:
         def predicate(c: Case) -> bool:
             k = self.kernel.run(c)
             m = self.model(c)
-            return shows(judge(c, k, m), k, m, kinds, root)
+            return shows(judge(c, k, m), k, m, kinds, root, c)
 
         return predicate

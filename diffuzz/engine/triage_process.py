@@ -39,12 +39,12 @@ from diffuzz.engine.confirm import Independent
 from diffuzz.engine.triage import Mismatch, Triage, Triaged
 from diffuzz.engine.zone import GenConfig
 from kernel_runner.backend import WorkerStopped
+from kernel_runner.pool import STOP_SIGNALS
 from sim.profile import Profile
 
 PER_ROOT = 2  # mismatches with the same root kind waiting or running
 QUEUE_MAX = 64  # mismatches waiting or running in all
 STOP_WAIT = 30.0  # seconds the child gets, once asked to stop, to return the case it holds
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class TriageProcess:

@@ -170,3 +170,26 @@ def test_the_minimizer_may_move_a_cause_downstream_but_not_change_it() -> None:
     assert not same_cause("endpoints", "events") and not same_cause("events", "runs")
     assert same_cause("invariant.accounting", "invariant.accounting")
     assert not same_cause("invariant.accounting", "endpoints") and not same_cause("runs", "invariant.accounting")
+
+
+def test_a_helper_that_answered_differently_names_the_bucket_alone() -> None:
+    from diffuzz.contract.case import PopData
+    from diffuzz.contract.outcome import Run, RunContext
+    from diffuzz.engine.signature import root_kind, same_cause
+
+    run = Run("c0", 10, 10, (), 10, 1, RunContext(2, "c0", "p0", 1))
+    kernel = Outcome(side="kernel", runs=(run, run))
+    step = (Difference("runs[1].steps[0].rc", 0, -22), Difference("endpoints.p0.rx", "a", "b"))
+    two = Case(inserts=(MapEntry(0, "c0"),), program=(Invocation(), Invocation((PopData(0, 4),))),
+               events=(Send("c0", 10), Send("c0", 10)))
+    assert root_kind(step, kernel, None, two) == "runs.pop_data"  # run 1 runs the second step list
+    assert root_kind(step, kernel) == "runs"  # without the case: where it shows
+    # The same helper's answer in a case with other helpers and events: the same bucket.
+    other = Case(inserts=(MapEntry(0, "c0"),), program=(Invocation((PushData(0, 1),)), Invocation((PopData(0, 4),))),
+                 events=(Send("c0", 10), Send("c0", 10), Send("c0", 3)))
+    a = Signature.of(diff_kinds(step), two, "r", root_kind(step, kernel, None, two))
+    b = Signature.of(diff_kinds(step[:1]), other, "r", root_kind(step[:1], kernel, None, other))
+    assert a.bucket() == b.bucket() and a.slug() == "runs.pop_data"
+    # The minimizer keeps that helper's answer: a case where only the drain differs is another cause.
+    assert same_cause("runs.pop_data", "runs.pop_data") and not same_cause("runs.pop_data", "endpoints")
+    assert not same_cause("runs.pop_data", "runs.push_data") and same_cause("runs", "runs.pop_data")
