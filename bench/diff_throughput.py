@@ -7,7 +7,9 @@ run, 5 sends of 1-4000 bytes):
 1. generation alone (µs per case);
 2. kernel only: pool.imap over the pre-generated cases;
 3. differential: the engine's own loop (diffuzz.engine.loop.Engine: generate, pool.imap in batches,
-   sim.run in the main process, compare) over the same seed, so the same cases.
+   sim.run in the main process, compare) over the same seed, so the same cases;
+4. where the differential loop's CPU goes: the fuzz process's own (getrusage) against its kernel
+   workers' (/proc/PID/stat), per case.  On N cores the loop cannot beat N / (CPU per case).
 Target: differential >= 70% of kernel only.  Needs root and the interp backend.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -26,6 +29,16 @@ from diffuzz.engine.corpus import Corpus
 from diffuzz.engine.generate import random_case
 from diffuzz.engine.loop import Engine, FuzzConfig
 from diffuzz.engine.zone import STANDARD_MIX
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes so far (/proc/PID/stat fields 14 and 15)."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
@@ -61,9 +74,13 @@ def main() -> int:
             # loop's steady state (the mismatch count is printed beside it).
             engine = Engine(FuzzConfig(seed=args.seed, cases=args.cases, minimize_seconds=0.0, gen=STANDARD_MIX),
                             pool, sim.run, Corpus(d))
-            t = time.perf_counter()
+            t, own, workers = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF), pool.pids()
+            theirs = _cpu_seconds(workers)
             st = engine.run()
             diff_rate = st.cases / (time.perf_counter() - t)
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            fuzz_us = ((after.ru_utime - own.ru_utime) + (after.ru_stime - own.ru_stime)) / st.cases * 1e6
+            workers_us = ((_cpu_seconds(workers) - theirs) / st.cases * 1e6) if pool.pids() == workers else None
 
     print(f"cases: {args.cases} standard-mix cases, seed {args.seed}, {args.jobs} kernel worker(s), "
           f"backend {args.backend}, {os.cpu_count()} cores")
@@ -72,6 +89,8 @@ def main() -> int:
     print(f"kernel only:  {kernel_rate:8.0f} cases/s ({errors} errors, {hangs} hangs)")
     print(f"differential: {diff_rate:8.0f} cases/s = {100 * diff_rate / kernel_rate:.0f}% of kernel only "
           f"(target >= 70%); {st.mismatches} mismatches, {st.findings} reproduced, {st.flaky} flaky")
+    print(f"CPU per differential case: fuzz process {fuzz_us:.0f} us, kernel workers "
+          + (f"{workers_us:.0f} us" if workers_us is not None else "? (a worker was replaced)"))
     return 0
 
 
