@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from diffuzz.contract.case import (
+    BPF_F_INGRESS,
     SEND_TYPES,
     U32,
     Attach,
@@ -34,6 +35,7 @@ from diffuzz.contract.case import (
     PopData,
     PushData,
     Recv,
+    Redirect,
     Shutdown,
     Write,
 )
@@ -268,6 +270,32 @@ KNOWN_BUGS: Mapping[str, tuple[str, ...]] = {
     # ModelHang).  The host's zone keeps such cases out; in a VM they run (docs/zone.md).
     "K5": ("termination",),
 }
+
+# What a case's program must hold for each documented bug to be reachable at all, from the code
+# paths docs/kernel-notes.md names: alternatives, each a set of needs (helper ops, and
+# "redirect_ingress" for a redirect with BPF_F_INGRESS).  A necessary condition, not a trigger.
+KNOWN_BUG_NEEDS: Mapping[str, tuple[frozenset[str], ...]] = {
+    # tcp_bpf_send_verdict's `delta`: a run changed the message's size.
+    "K1": (frozenset({"push_data"}), frozenset({"pop_data"})),
+    # Only a pop can empty a message, and only an ingress redirect queues it on ingress_msg.
+    "K2": (frozenset({"pop_data", "redirect_ingress"}),),
+    # The DROP and error branches subtract pushed (or popped) bytes as the caller's.
+    "K3": (frozenset({"push_data"}), frozenset({"pop_data"})),
+    # Both forms (a full ring, a partial push) copy into a corked message.
+    "K4": (frozenset({"cork_bytes"}),),
+    # A run that pushes or pops, re-run by a cork or a small apply; or a full corked ring.
+    "K5": (frozenset({"cork_bytes"}), frozenset({"push_data", "apply_bytes"}),
+           frozenset({"pop_data", "apply_bytes"})),
+}
+
+
+def reachable_promises(case: Case) -> frozenset[str]:
+    """The promises the documented bugs this case's program can reach (KNOWN_BUG_NEEDS) break."""
+    has = {s.op for inv in case.program for s in inv.steps}
+    if any(isinstance(s, Redirect) and s.flags & BPF_F_INGRESS for inv in case.program for s in inv.steps):
+        has.add("redirect_ingress")
+    return frozenset(name for bug, needs in KNOWN_BUG_NEEDS.items() if any(n <= has for n in needs)
+                     for name in KNOWN_BUGS[bug])
 
 
 def broken(case: Case, outcome: Outcome, streams: Streams | bool | None = False) -> list[Broken]:

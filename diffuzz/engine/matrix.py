@@ -82,7 +82,7 @@ def cell(case: Case, kernel: Outcome, model: Outcome) -> Cell:
     v = judge(case, kernel, model)
     fields = [d for d in v.differences if not d.path.startswith(PREFIX)]
     if v.kernel_broken:
-        kinds = tuple(sorted(k for k in v.kinds if k.startswith(PREFIX)))
+        kinds = tuple(sorted({PREFIX + b.invariant for b in v.kernel_broken}))
         return Cell(BROKEN, kinds, "; ".join(b.detail for b in v.kernel_broken)[:300], kernel, model, not fields)
     scope = model_out_of_scope(case)
     if scope:

@@ -5,6 +5,7 @@ Shaped after Hypothesis' shrinker (shrinking/common.py): the value being shrunk 
 passes go from coarse to fine and repeat until a whole round improves nothing:
 
 1. delete events, then program invocations, then steps, then initial inserts, then whole pairs
+   (and a leading map_insert event becomes an initial insert)
    (delta debugging: chunks of half the list, then quarters, ... then single items, tried from
    the end, because the end of a case is the part least likely to matter for an early
    difference and deleting it keeps earlier event indexes stable);
@@ -34,6 +35,8 @@ from diffuzz.contract.case import (
     Case,
     Event,
     Invocation,
+    MapEntry,
+    MapInsert,
     MapSpec,
     Payload,
     Send,
@@ -133,8 +136,8 @@ class Minimizer:
 
     def run(self) -> Case:
         start = time.monotonic()
-        passes = (self.drop_events, self.drop_invocations, self.drop_steps, self.drop_inserts, self.drop_pairs,
-                  self.simplify_kinds, self.shrink_numbers)
+        passes = (self.drop_events, self.hoist_inserts, self.drop_invocations, self.drop_steps, self.drop_inserts,
+                  self.drop_pairs, self.simplify_kinds, self.shrink_numbers)
         while not self.out_of_time():
             before = self.best
             for p in passes:
@@ -183,6 +186,15 @@ class Minimizer:
                 return _with_invocation(self.best, j, replace(self.best.program[j], steps=steps))
 
             self._ddmin(get, rebuild)
+
+    def hoist_inserts(self) -> None:
+        """A map_insert as the first event becomes an initial insert (done after the attach,
+        before any event, too): one way to write "this socket is in the map", so two cases of
+        one cause do not differ by it."""
+        while self.best.events and isinstance(ev := self.best.events[0], MapInsert) and not ev.flags:
+            if not self.test(replace(self.best, events=self.best.events[1:],
+                                     inserts=(*self.best.inserts, MapEntry(ev.key, ev.ep)))) or self.out_of_time():
+                return
 
     def drop_inserts(self) -> None:
         self._ddmin(lambda: self.best.inserts, lambda ins: replace(self.best, inserts=ins))

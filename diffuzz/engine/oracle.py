@@ -3,7 +3,8 @@
 Two of the three oracles meet here (the third, the kernel log, arrives as an invariant):
 - a kernel outcome that breaks a promise (diffuzz/engine/invariants.py) is a finding whatever
   the model says; its kinds are the broken invariants ("invariant.<name>"), so confirmation,
-  minimization and bucketing keep to the same broken promise;
+  minimization and bucketing keep to the same broken promise -- unless the model also differs
+  and a documented bug could explain the breach (`documented`): then the difference is the finding;
 - otherwise the kinds are the fields where kernel and model differ (diffuzz/engine/compare.py).
 Every caller that asks "does this case still show it?" (confirm, minimize, the CLI) asks judge().
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass, replace
 from diffuzz.contract.case import Case
 from diffuzz.contract.outcome import Data, Outcome
 from diffuzz.engine.compare import Difference, compare
-from diffuzz.engine.invariants import KNOWN_BUGS, Broken, broken, unexplained
+from diffuzz.engine.invariants import KNOWN_BUGS, Broken, broken, reachable_promises, unexplained
 from diffuzz.engine.provenance import sender_streams
 from diffuzz.engine.signature import Kinds, diff_kinds
 
@@ -33,6 +34,12 @@ class Verdict:
     # again, counted, not triaged anew.
     known: tuple[str, ...] = ()
 
+    @property
+    def shadowed(self) -> tuple[Broken, ...]:
+        """The kernel's broken promises when they are not the finding (`documented`): a
+        difference is, and the breach goes with it for people to read."""
+        return self.kernel_broken if not any(k.startswith(PREFIX) for k in self.kinds) else ()
+
 
 def judge(case: Case, kernel: Outcome, model: Outcome) -> Verdict:
     # The kernel's promises are checked on its own outcome, with one fact borrowed from the model,
@@ -46,11 +53,21 @@ def judge(case: Case, kernel: Outcome, model: Outcome) -> Verdict:
     kb = tuple(b for b in broken(case, masked, streams) if b.invariant != "termination" or not model.hang)
     mb = tuple(unexplained(case, model, streams))
     diffs = tuple(compare(kernel, model))
-    if kb:
+    if kb and not (diffs and documented(case, kb, model)):
         own = tuple(Difference(PREFIX + b.invariant, b.detail, None) for b in kb)
         return Verdict(own + diffs, frozenset(PREFIX + b.invariant for b in kb), kb, mb,
                        () if diffs else known_bugs(kb, model))
     return Verdict(diffs, diff_kinds(diffs), kb, mb)
+
+
+def documented(case: Case, kernel_broken: tuple[Broken, ...], model: Outcome) -> bool:
+    """Could a documented bug explain every promise the kernel broke?  The model names the bug,
+    or this case's program can reach bugs that break those promises (KNOWN_BUG_NEEDS).  Where
+    the model also differs, the difference is then the finding, not the breach: a model that took
+    another path (a model bug, a kernel change on the way there) can no longer name the bug it
+    would have copied, and the breach would name the bucket of every such cause alike."""
+    promises = {b.invariant for b in kernel_broken}
+    return bool(known_bugs(kernel_broken, model)) or promises <= reachable_promises(case)
 
 
 def _unknowns_are_a_bug(model: Outcome) -> bool:

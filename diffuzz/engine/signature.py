@@ -140,9 +140,9 @@ class Signature:
     def of(cls, kinds: Kinds, case: Case, release: str, root: str | None = None) -> Signature:
         """A helper's result as the root (`runs.<op>`), or a broken promise (`invariant.<name>`), names
         the bucket alone, with the release: the other helpers and events of the case are the setting
-        it showed in.  (A promise broken in many shapes is one bucket: a documented bug the model
-        could not name there, because it took another path, lands in one place, not one per shape;
-        two new kernel bugs that break the same promise share it.)"""
+        it showed in.  (A promise broken in many shapes is one bucket; two new kernel bugs that
+        break the same promise share it.  A breach a documented bug may explain, where the model
+        also differs, is not a root at all: oracle.documented.)"""
         helpers, events = ((), ()) if root and root.startswith(ALONE) else case_features(case)
         ordered = tuple(sorted(kinds))
         return cls(root or (ordered[0] if ordered else "none"), helpers, events, release, ordered)

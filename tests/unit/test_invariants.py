@@ -157,3 +157,18 @@ def test_judge_a_broken_kernel_promise_is_a_finding_even_when_the_sides_agree() 
     assert v.kinds == {"invariant.byte_provenance", "invariant.accounting"} and v.known == ()
     assert [d.path for d in v.differences][:2] == ["invariant.byte_provenance", "invariant.accounting"]
     assert judge(case, _concrete(o), o).kinds == frozenset()
+
+
+def test_judge_a_breach_a_documented_bug_explains_rides_with_the_difference() -> None:
+    # The kernel breaks K1's promise (return_bound); a model that took another path on the way there
+    # (here: it accepted the one byte and names no bug) cannot name K1.  K1 needs a size change
+    # (push_data: reachable here), so the difference is the finding and the breach goes with it.
+    kernel = _concrete(sim.run(K1))
+    other_path = dataclasses.replace(sim.run(K1), events=(EventResult(ret=1), *sim.run(K1).events[1:]), notes={})
+    v = judge(K1, kernel, other_path)
+    assert v.kinds == {"events[*].ret"} and [b.invariant for b in v.shadowed] == ["return_bound"]
+    assert not any(d.path.startswith("invariant.") for d in v.differences)
+    # Without a push or pop no documented bug reaches return_bound: the breach is the finding.
+    plain = dataclasses.replace(K1, program=(Invocation(steps=(K1.program[0].steps[0],), verdict=0),))
+    v = judge(plain, kernel, other_path)
+    assert v.kinds == {"invariant.return_bound"} and v.shadowed == ()

@@ -3,6 +3,7 @@ never run a candidate twice, and respect its time budget."""
 
 from __future__ import annotations
 
+import sim
 from diffuzz.contract.case import (
     SEND_TYPES,
     U32,
@@ -10,6 +11,7 @@ from diffuzz.contract.case import (
     Case,
     Invocation,
     MapEntry,
+    MapInsert,
     PopData,
     PushData,
     Send,
@@ -140,3 +142,15 @@ def test_a_stop_ends_shrinking_with_the_best_case_so_far():
     small, stats = minimize(case, bug, stop=lambda: len(calls) >= 3)
     assert len(calls) == 3 and stats.timed_out
     assert bug(small) and len(small.events) < len(case.events)
+
+
+def test_a_leading_map_insert_becomes_an_initial_insert():
+    # "Bug": the program runs on two sends of c0, so c0 must be in the map, however it got there.
+    def bug(c: Case) -> bool:
+        return sim.run(c).run_count >= 2
+
+    case = Case(pairs=1, events=(MapInsert(0, "c0"), Send("c0", 5), Send("c0", 7), Send("c0", 9)))
+    assert bug(case) and not bug(Case(pairs=1, events=case.events[1:]))
+    small, _ = minimize(case, bug)
+    assert small.inserts == (MapEntry(0, "c0"),)
+    assert [e.op for e in small.events] == ["send", "send"] and bug(small)
