@@ -3,7 +3,7 @@
 Entry points (import them from their modules; this package imports nothing eagerly):
 - kernel_runner.local.run(case, backend="interp") -> Outcome: one case, one cached worker.
 - kernel_runner.pool.KernelPool(jobs, backend, deadline): long-lived workers, run / imap.
-- python -m kernel_runner.worker --backend interp: the worker process (one JSON line each way).
+- python -m kernel_runner.worker --backend interp: the worker process (one frame each way, or one JSON line).
 
 Inside a worker: netns (private namespace, lo up), topology (fresh loopback pairs), executor
 (the events of docs/execution.md), drain (the end of a case), records (what the program saw,

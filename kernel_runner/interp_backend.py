@@ -88,6 +88,7 @@ class InterpCaseProgram:
         self._map = sock_map
         self._records = records
         self._keys: set[int] = set()
+        self._raws: list[RawRun] = []  # the records decoded so far
         self.finished = False
 
     def attach(self) -> int:
@@ -110,9 +111,12 @@ class InterpCaseProgram:
         return self._map.delete_u32(key)
 
     def runs(self) -> tuple[int, list[RawRun]]:
-        """(every run so far, the first MAX_RUN_RECORDS of them), read from the records mmap."""
+        """(every run so far, the first MAX_RUN_RECORDS of them), read from the records mmap.
+        A slot is written once, by its run, so only the slots new since the last call are
+        decoded (the executor asks after every send)."""
         count = script.record_count(self._records)
-        return count, script.decode_runs(self._records, count)
+        self._raws += script.decode_runs(self._records, count, start=len(self._raws))
+        return count, list(self._raws)
 
     def finish(self) -> None:
         """Delete every key the case inserted, then detach.  Idempotent."""

@@ -29,9 +29,9 @@ instead of {"ready"}; the pool raises KernelUnsupported with the worker's own me
 Workers are pinned (pin=True): worker i runs on the i-th CPU this process may use, so each
 fresh send thread starts on the CPU of the thread that waits for it (executor.py).
 
-The pipe protocol is worker.py's: one JSON line each way per case.  The pool writes without
-blocking (a large case never deadlocks against a large outcome); outcomes are decoded by
-outcome.loads_outcome.
+The pipe protocol is worker.py's: one frame each way per case (diffuzz/contract/wire.py), after
+the worker's JSON hello line.  The pool writes without blocking (a large case never deadlocks
+against a large outcome).
 
 Not thread-safe: one thread drives a pool.
 """
@@ -48,10 +48,8 @@ from types import TracebackType
 from typing import Any
 
 from diffuzz.contract.case import Case
-from diffuzz.contract.outcome import (
-    Outcome,
-    loads_outcome,
-)
+from diffuzz.contract.outcome import Outcome
+from diffuzz.contract.wire import frame, frames, unframe
 from kernel_runner.backend import KernelUnsupported, WorkerStopped
 from kernel_runner.worker_process import WorkerProcess
 
@@ -144,7 +142,7 @@ class KernelPool:
                     except StopIteration:
                         exhausted = True
                         break
-                    self._queue.append((self._seq, case.to_json(indent=None).encode() + b"\n"))
+                    self._queue.append((self._seq, frame(case)))
                     mine.append(self._seq)
                     self._seq += 1
                 self._dispatch()
@@ -250,21 +248,23 @@ class KernelPool:
                 self._hung(w)
 
     def _answers(self, w: WorkerProcess) -> None:
-        while True:
-            end = w.rbuf.find(b"\n")
-            if end < 0:
-                return
-            line = bytes(w.rbuf[:end])
-            del w.rbuf[: end + 1]
+        try:
+            payloads = frames(w.rbuf)
+        except ValueError as e:  # out of step with the worker: nothing it says can be matched to a case
+            w.rbuf.clear()
+            self._replace(w, "error", f"worker {w.pid} answered something that is not an outcome ({e}); "
+                          "it was replaced")
+            return
+        for payload in payloads:
             if not w.inflight:
                 continue  # nothing asked: ignore
             seq, _ = w.inflight.popleft()
             w.started = time.monotonic()
             try:
-                self._results[seq] = loads_outcome(line.decode())
+                self._results[seq] = unframe(payload, Outcome)
             except ValueError as e:
                 self._results[seq] = self._failed("error", f"worker {w.pid} answered something that is not an "
-                                                  f"outcome ({e}): {line[:200]!r}")
+                                                  f"outcome ({e})")
 
     def _hung(self, w: WorkerProcess) -> None:
         self._replace(w, "hang", f"no answer within {self.deadline:g} s; worker {w.pid} was killed (SIGKILL) "

@@ -154,11 +154,11 @@ _RUN_ALL = struct.Struct(RUN_HEAD.format + RUN_RC.format[1:] + RUN_WIN.format[1:
 _RC0 = 14  # index of rc[0] in a _RUN_ALL tuple
 
 
-def decode_runs(records: Sequence[int] | bytes | memoryview, count: int) -> list[RawRun]:
-    """RawRun for each recorded run: the first min(count, MAX_RUN_RECORDS) slots."""
+def decode_runs(records: Sequence[int] | bytes | memoryview, count: int, start: int = 0) -> list[RawRun]:
+    """RawRun for each recorded run from slot `start` on: up to slot min(count, MAX_RUN_RECORDS)."""
     out = []
     unpack = _RUN_ALL.unpack_from
-    for i in range(min(count, MAX_RUN_RECORDS)):
+    for i in range(start, min(count, MAX_RUN_RECORDS)):
         f = unpack(records, RECORDS_HEAD.size + i * RUN_REC_SIZE)
         n = min(f[4], MAX_STEPS)
         v6 = f[5] == socket.AF_INET6

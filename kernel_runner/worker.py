@@ -1,15 +1,16 @@
 """The kernel worker process: `python -m kernel_runner.worker --backend interp`.
 
 It enters its own network namespace once, loads the backend once, and then runs cases
-until stdin ends.  The pipe protocol is one line each way per case:
+until stdin ends.  The pipe protocol is one message each way per case:
 
-    start-up  worker -> pool  {"ready": {"pid": …, "kernel": …, "backend": …}}
+    start-up  worker -> pool  {"ready": {"pid": …, "kernel": …, "backend": …}} on one line
                               or {"fatal": "<message>"} and exit status 2
-    per case  pool -> worker  the case as JSON on one line (Case.to_json(indent=None))
-              worker -> pool  the Outcome as JSON on one line (Outcome.to_json(indent=None))
+    per case  pool -> worker  the case as a frame (diffuzz/contract/wire.py: what the pool sends)
+                              or as JSON on one line (Case.to_json(indent=None): by hand, tests)
+              worker -> pool  the Outcome the same way: a frame for a frame, a line for a line
 
-A case that raises inside the worker (bad JSON, a backend error, a bug) still gets exactly
-one line back: an error outcome, `side` "kernel", no observations, and notes["error"]
+A case that raises inside the worker (bad JSON, a bad frame, a backend error, a bug) still
+gets exactly one answer back: an error outcome, `side` "kernel", no observations, and notes["error"]
 saying what went wrong.  The loop goes on with the next case.  Every outcome's notes carry
 "kernel" (os.uname().release), "backend" and "elapsed_us" (set-up to clean-up).
 
@@ -30,8 +31,9 @@ import traceback
 from collections.abc import Mapping
 from typing import IO, Any
 
-from diffuzz.contract.case import CaseError, loads_case
+from diffuzz.contract.case import Case, CaseError, loads_case
 from diffuzz.contract.outcome import Outcome
+from diffuzz.contract.wire import frame, read_message, unframe
 from kernel_runner.backend import Backend, KernelUnsupported
 from kernel_runner.executor import Executor
 from kernel_runner.kmsg import KmsgWatch
@@ -98,20 +100,32 @@ def error_outcome(message: str, notes: Mapping[str, Any]) -> Outcome:
     return Outcome(side="kernel", notes={**notes, "error": message})
 
 
+def _case(framed: bool, data: bytes) -> Case:
+    """The case in a message; CaseError for one the contract refuses or a frame that is not one."""
+    if not framed:
+        return loads_case(data.decode("utf-8", "replace"))
+    try:
+        return unframe(data, Case)
+    except ValueError as e:
+        raise CaseError("", str(e)) from None
+
+
 def serve(executor: Executor, inp: IO[bytes], out: IO[bytes], stop: _Stop | None = None) -> None:
-    """The case loop: one line in, one line out, until EOF.  Kernel log lines printed while a
-    case ran go into its notes as `kernel_log` (kernel_runner/kmsg.py).  With `stop`, a stop
-    signal ends the loop between cases (SystemExit)."""
+    """The case loop: one case in, its outcome out, until EOF; a frame is answered with a frame,
+    a JSON line with a JSON line.  Kernel log lines printed while a case ran go into its notes
+    as `kernel_log` (kernel_runner/kmsg.py).  With `stop`, a stop signal ends the loop between
+    cases (SystemExit)."""
     base_notes = {"kernel": os.uname().release, "backend": executor.backend.name}
     kmsg = KmsgWatch()
-    for line in inp:
-        if not line.strip():
+    while (message := read_message(inp)) is not None:
+        framed, data = message
+        if not framed and not data.strip():
             continue
         if stop is not None:
             stop.busy = True
         start = time.perf_counter_ns()
         try:
-            outcome = executor.run(loads_case(line.decode("utf-8", "replace")))
+            outcome = executor.run(_case(framed, data))
             notes: dict[str, Any] = {**base_notes, "elapsed_us": (time.perf_counter_ns() - start) // 1000}
             log = kmsg.read()
             if log:
@@ -125,7 +139,7 @@ def serve(executor: Executor, inp: IO[bytes], out: IO[bytes], stop: _Stop | None
         except Exception as e:
             traceback.print_exc(file=sys.stderr)
             outcome = error_outcome(f"{type(e).__name__}: {e}", base_notes)
-        out.write(outcome.to_json(indent=None).encode() + b"\n")
+        out.write(frame(outcome) if framed else outcome.to_json(indent=None).encode() + b"\n")
         out.flush()
         if stop is not None:
             stop.after_case()

@@ -45,7 +45,7 @@ class WorkerProcess:
         self.wfd = wfd
         self.rbuf = bytearray()
         self.wbuf = bytearray()
-        self.inflight: deque[tuple[int, bytes]] = deque()  # (seq, case line), oldest = running
+        self.inflight: deque[tuple[int, bytes]] = deque()  # (seq, case frame), oldest = running
         self.started = 0.0  # when the oldest in-flight case started (its deadline counts from here)
         self.info: dict[str, Any] = {}
 

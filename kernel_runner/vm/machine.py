@@ -3,7 +3,7 @@ virtio-serial port.
 
 The host listens on a unix socket and qemu connects to it as the port's backend (so no case can
 be written before the guest's side exists); once the guest's worker says ready, the pool treats
-the socket like a local worker's pipes: one JSON case in, one outcome out (worker.py).
+the socket like a local worker's pipes: one case frame in, one outcome frame out (worker.py).
 
 qemu runs under software emulation (no KVM here: ../shared/notes/vm-matrix.md), one vCPU pinned
 to the worker's CPU, `-no-reboot` with `panic=-1 oops=panic`: a guest panic or oops ends qemu at

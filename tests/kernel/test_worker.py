@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from diffuzz.contract.case import Case, Invocation, MapEntry, Send, SockOpt
-from diffuzz.contract.outcome import Data, EventResult, loads_outcome
+from diffuzz.contract.outcome import Data, EventResult, Outcome, loads_outcome
+from diffuzz.contract.wire import MAGIC, frame, frames, unframe
 from kernel_runner.backend import KernelUnsupported
 from kernel_runner.netns import NOT_ROOT
 from kernel_runner.pidns import FOREIGN_PID_NS
@@ -61,6 +62,31 @@ def test_worker_protocol_one_line_each_way() -> None:
     assert isinstance(first.notes["elapsed_us"], int) and first.notes["elapsed_us"] > 0
     assert "not valid JSON" in bad_json.notes["error"] and bad_json.events == ()
     assert "pairs" in bad_case.notes["error"]
+    assert last.events == (EventResult(ret=3),)
+
+
+@kernel
+def test_worker_protocol_frames_for_frames_lines_for_lines() -> None:
+    # A JSON line (answered with a line), then what the pool sends (diffuzz/contract/wire.py): a
+    # frame, a frame that decodes to nothing, an outcome where a case belongs, a frame again.
+    proc = start_worker("--backend", "interp")
+    assert proc.stdin is not None and proc.stdout is not None
+    json.loads(proc.stdout.readline())
+    garbage = b"not marshal"
+    proc.stdin.write(pass_case(2).to_json(indent=None).encode() + b"\n" + frame(pass_case(5))
+                     + MAGIC + len(garbage).to_bytes(4, "little") + garbage + frame(Outcome(side="kernel"))
+                     + frame(pass_case(3)))
+    proc.stdin.close()
+    line, _, rest = proc.stdout.read().partition(b"\n")
+    assert proc.wait(timeout=10) == 0
+    assert loads_outcome(line.decode()).events == (EventResult(ret=2),)
+    buf = bytearray(rest)
+    first, bad_frame, not_a_case, last = (unframe(p, Outcome) for p in frames(buf))
+    assert not buf  # nothing but whole frames
+    assert first.events == (EventResult(ret=5),) and first.endpoints["p0"].rx == Data(ABC[:5])
+    assert isinstance(first.notes["elapsed_us"], int) and first.notes["backend"] == "interp"
+    assert "bad case: not a diffuzz frame" in bad_frame.notes["error"] and bad_frame.events == ()
+    assert "Outcome where a Case was expected" in not_a_case.notes["error"]
     assert last.events == (EventResult(ret=3),)
 
 

@@ -1,0 +1,128 @@
+"""The worker pipe's binary encoding of a Case and an Outcome (kernel_runner/worker.py, pool.py).
+
+JSON is the contract's file format (case_json.py validates every field a person may have typed;
+outcome.py writes hex for bytes), and on the pipe it cost the pool and the worker about 400 µs
+of CPU a case between them, most of a kernel worker's Python time (bench/RESULTS.md).  Here a
+value goes as nested tuples in `marshal` (the interpreter's own format for .pyc constants: no
+code runs on loading, bytes stay bytes): a dataclass as (its index in TYPES, its fields...), a
+tuple as a list, a mapping as a dict, everything else as itself.  The notes of an outcome and
+the meta of a case are JSON-like values and go as they are.
+
+Trusted, not validated: both ends are this checkout (the pool starts its workers from it, and a
+VM's image carries this very module, kernel_runner/vm/image.py), under the same Python (the
+marshal format is per version), and a case was validated when it was made or read from a file.
+
+A frame is MAGIC, the payload's length (4 bytes, little-endian) and the payload.  A JSON line
+never starts with MAGIC, so a worker can take both (`frames` and `read_message`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import marshal
+import struct
+from collections.abc import Mapping
+from dataclasses import fields, is_dataclass
+from typing import IO, Any, TypeVar
+
+from diffuzz.contract import case_data, events, outcome, program
+from diffuzz.contract.case_data import Case
+from diffuzz.contract.outcome import Outcome
+
+T = TypeVar("T", Case, Outcome)
+MAGIC = b"\x00"
+_LEN = struct.Struct("<I")
+HEADER = len(MAGIC) + _LEN.size
+_RAW = frozenset({"notes", "meta"})  # JSON-like mappings: sent as they are
+_NESTED = frozenset({tuple, list, dict})  # what _dec must look into; anything else is itself
+
+# Every dataclass of the contract, in a fixed order (both ends run the same code).
+TYPES: tuple[type, ...] = tuple(
+    cls for module in (case_data, program, events, outcome)
+    for _, cls in sorted(vars(module).items())
+    if inspect.isclass(cls) and is_dataclass(cls) and cls.__module__ == module.__name__
+)
+_INDEX: dict[type, int] = {cls: i for i, cls in enumerate(TYPES)}
+_FIELDS: dict[type, tuple[tuple[str, bool], ...]] = {
+    cls: tuple((f.name, f.name in _RAW) for f in fields(cls)) for cls in TYPES
+}
+_NAMES = {cls: tuple(name for name, _ in f) for cls, f in _FIELDS.items()}
+_RAWS = {cls: tuple(raw for _, raw in f) for cls, f in _FIELDS.items()}
+
+
+def _enc(value: Any) -> Any:
+    cls = type(value)
+    index = _INDEX.get(cls)
+    if index is not None:
+        return (index, *[getattr(value, name) if raw else _enc(getattr(value, name))
+                         for name, raw in _FIELDS[cls]])
+    if cls is tuple:
+        return [_enc(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _enc(v) for k, v in value.items()}
+    return value
+
+
+def _dec(value: Any) -> Any:
+    cls = type(value)
+    if cls is tuple:
+        # Built without __init__ (a frozen dataclass's sets each field through object.__setattr__,
+        # most of the decoding's time): the encoder read these very fields off a built instance.
+        made = TYPES[value[0]]
+        obj = object.__new__(made)
+        obj.__dict__.update(zip(_NAMES[made], [_dec(v) if type(v) in _NESTED and not raw else v
+                                               for v, raw in zip(value[1:], _RAWS[made], strict=True)],
+                                strict=True))
+        return obj
+    if cls is list:
+        return tuple([_dec(v) if type(v) in _NESTED else v for v in value])
+    if cls is dict:
+        return {k: _dec(v) if type(v) in _NESTED else v for k, v in value.items()}
+    return value
+
+
+def frame(value: Case | Outcome) -> bytes:
+    payload = marshal.dumps(_enc(value))
+    return MAGIC + _LEN.pack(len(payload)) + payload
+
+
+def unframe(payload: bytes, expect: type[T]) -> T:
+    """The `expect` (Case or Outcome) in a frame's payload; ValueError if it is not one."""
+    try:
+        value = _dec(marshal.loads(payload))
+    except (EOFError, ValueError, TypeError, IndexError, KeyError) as e:
+        raise ValueError(f"not a diffuzz frame: {type(e).__name__}: {e}") from None
+    if not isinstance(value, expect):
+        raise ValueError(f"a {type(value).__name__} where a {expect.__name__} was expected")
+    return value
+
+
+def frames(buf: bytearray) -> list[bytes]:
+    """Take every complete frame's payload off the front of `buf` (the rest stays for the next
+    read); ValueError if `buf` does not start with a frame."""
+    out: list[bytes] = []
+    while len(buf) >= HEADER:
+        if buf[:1] != MAGIC:
+            raise ValueError(f"not a diffuzz frame: {bytes(buf[:40])!r}")
+        (n,) = _LEN.unpack_from(buf, len(MAGIC))
+        if len(buf) < HEADER + n:
+            break
+        out.append(bytes(buf[HEADER:HEADER + n]))
+        del buf[:HEADER + n]
+    return out
+
+
+def read_message(inp: IO[bytes]) -> tuple[bool, bytes] | None:
+    """The next message on a blocking stream: (True, a frame's payload) or (False, a line);
+    None at the end of the stream."""
+    first = inp.read(1)
+    if not first:
+        return None
+    if first != MAGIC:
+        return False, first + inp.readline()
+    head = inp.read(_LEN.size)
+    if len(head) < _LEN.size:
+        return None
+    (n,) = _LEN.unpack(head)
+    payload = inp.read(n)
+    return (True, payload) if len(payload) == n else None
