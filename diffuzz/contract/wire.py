@@ -4,9 +4,10 @@ JSON is the contract's file format (case_json.py validates every field a person 
 outcome.py writes hex for bytes), and on the pipe it cost the pool and the worker about 400 µs
 of CPU a case between them, most of a kernel worker's Python time (bench/RESULTS.md).  Here a
 value goes as nested tuples in `marshal` (the interpreter's own format for .pyc constants: no
-code runs on loading, bytes stay bytes): a dataclass as (its index in TYPES, its fields...), a
-tuple as a list, a mapping as a dict, everything else as itself.  The notes of an outcome and
-the meta of a case are JSON-like values and go as they are.
+code runs on loading, bytes stay bytes): a dataclass as (its index in TYPES, its fields...);
+in a field whose type can hold dataclasses, a tuple as a list and a mapping as a dict; every
+other field (numbers, strings, bytes, tuples of those, an outcome's notes and a case's meta:
+JSON-like values) as itself.
 
 Trusted, not validated: both ends are this checkout (the pool starts its workers from it, and a
 VM's image carries this very module, kernel_runner/vm/image.py), under the same Python (the
@@ -21,6 +22,7 @@ from __future__ import annotations
 import inspect
 import marshal
 import struct
+import typing
 from collections.abc import Mapping
 from dataclasses import fields, is_dataclass
 from typing import IO, Any, TypeVar
@@ -33,8 +35,6 @@ T = TypeVar("T", Case, Outcome)
 MAGIC = b"\x00"
 _LEN = struct.Struct("<I")
 HEADER = len(MAGIC) + _LEN.size
-_RAW = frozenset({"notes", "meta"})  # JSON-like mappings: sent as they are
-_NESTED = frozenset({tuple, list, dict})  # what _dec must look into; anything else is itself
 
 # Every dataclass of the contract, in a fixed order (both ends run the same code).
 TYPES: tuple[type, ...] = tuple(
@@ -43,19 +43,31 @@ TYPES: tuple[type, ...] = tuple(
     if inspect.isclass(cls) and is_dataclass(cls) and cls.__module__ == module.__name__
 )
 _INDEX: dict[type, int] = {cls: i for i, cls in enumerate(TYPES)}
-_FIELDS: dict[type, tuple[tuple[str, bool], ...]] = {
-    cls: tuple((f.name, f.name in _RAW) for f in fields(cls)) for cls in TYPES
+
+
+def _holds_dataclass(hint: Any) -> bool:
+    """Can a field of this type hint hold a contract dataclass (Event, tuple[Run, ...], ...)?"""
+    return is_dataclass(hint) or any(_holds_dataclass(a) for a in typing.get_args(hint))
+
+
+# Per type: its field names, and which of them hold dataclasses (the rest -- numbers, strings,
+# bytes, tuples of those, the JSON-like notes and meta -- marshal carries as they are).
+_NAMES: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in TYPES}
+_NESTED: dict[type, tuple[bool, ...]] = {
+    cls: tuple(_holds_dataclass(typing.get_type_hints(cls)[name]) for name in _NAMES[cls]) for cls in TYPES
 }
-_NAMES = {cls: tuple(name for name, _ in f) for cls, f in _FIELDS.items()}
-_RAWS = {cls: tuple(raw for _, raw in f) for cls, f in _FIELDS.items()}
+_FLAT = frozenset(cls for cls in TYPES if not any(_NESTED[cls]))
 
 
 def _enc(value: Any) -> Any:
     cls = type(value)
     index = _INDEX.get(cls)
     if index is not None:
-        return (index, *[getattr(value, name) if raw else _enc(getattr(value, name))
-                         for name, raw in _FIELDS[cls]])
+        got = value.__dict__  # a dataclass instance's fields (no slots in the contract)
+        if cls in _FLAT:
+            return (index, *[got[name] for name in _NAMES[cls]])
+        return (index, *[_enc(got[name]) if nested else got[name]
+                         for name, nested in zip(_NAMES[cls], _NESTED[cls], strict=True)])
     if cls is tuple:
         return [_enc(v) for v in value]
     if isinstance(value, Mapping):
@@ -70,14 +82,16 @@ def _dec(value: Any) -> Any:
         # most of the decoding's time): the encoder read these very fields off a built instance.
         made = TYPES[value[0]]
         obj = object.__new__(made)
-        obj.__dict__.update(zip(_NAMES[made], [_dec(v) if type(v) in _NESTED and not raw else v
-                                               for v, raw in zip(value[1:], _RAWS[made], strict=True)],
-                                strict=True))
+        if made in _FLAT:
+            obj.__dict__.update(zip(_NAMES[made], value[1:], strict=True))
+        else:
+            obj.__dict__.update(zip(_NAMES[made], [_dec(v) if nested else v for v, nested in
+                                                   zip(value[1:], _NESTED[made], strict=True)], strict=True))
         return obj
     if cls is list:
-        return tuple([_dec(v) if type(v) in _NESTED else v for v in value])
+        return tuple([_dec(v) for v in value])
     if cls is dict:
-        return {k: _dec(v) if type(v) in _NESTED else v for k, v in value.items()}
+        return {k: _dec(v) for k, v in value.items()}
     return value
 
 
