@@ -20,6 +20,7 @@ from kernel_runner.backend import KernelUnsupported
 from kernel_runner.netns import NOT_ROOT
 from kernel_runner.pidns import FOREIGN_PID_NS
 from kernel_runner.pool import KernelPool, is_error
+from kernel_runner.worker_process import WORKER_NICE
 
 ROOT = Path(__file__).resolve().parents[2]
 ABC = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
@@ -100,6 +101,17 @@ def test_worker_runs_in_its_own_network_namespace() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+@kernel
+def test_pool_workers_and_their_send_threads_run_below_the_loop() -> None:
+    # WORKER_NICE: the process that feeds the workers keeps its CPU when it wakes one.
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    with KernelPool(jobs=1) as pool:
+        (pid,) = pool.pids()
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(own + WORKER_NICE, 19)
+        out = pool.run(pass_case(4))
+        assert out.events == (EventResult(ret=4),)
 
 
 def fatal_line_under(tool: str, *args: str) -> dict[str, str]:
