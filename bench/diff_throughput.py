@@ -1,6 +1,7 @@
 """End-to-end differential throughput versus kernel-only throughput, on the same cases, in one run.
 
     .venv/bin/python bench/diff_throughput.py [--cases N] [--jobs J] [--seed K] [--backend interp]
+                                              [--worker-nice N]
 
 Three measurements on the standard mix (diffuzz.engine.generate.standard_mix: 2 pairs, 1-4 steps per
 run, 5 sends of 1-4000 bytes):
@@ -47,6 +48,8 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--backend", default="interp")
+    ap.add_argument("--worker-nice", type=int, default=None,
+                    help="set the workers' nice value to this much above this process's (default: the pool's)")
     args = ap.parse_args()
 
     import sim
@@ -62,6 +65,9 @@ def main() -> int:
     model_rate = args.cases / (time.perf_counter() - t)
 
     with KernelPool(jobs=args.jobs, backend=args.backend, deadline=10.0) as pool:
+        if args.worker_nice is not None:  # the pool's own is WORKER_NICE; the send threads inherit it
+            for pid in pool.pids():
+                os.setpriority(os.PRIO_PROCESS, pid, os.getpriority(os.PRIO_PROCESS, 0) + args.worker_nice)
         list(pool.imap(cases[:200]))  # warm the workers
         t = time.perf_counter()
         outs = list(pool.imap(cases))
