@@ -160,6 +160,22 @@ def test_hang_is_reported_and_the_next_case_runs() -> None:
 
 
 @kernel
+def test_a_worker_out_of_step_is_replaced_and_its_case_is_an_error() -> None:
+    # Bytes that are not a frame on a worker's answer pipe (written here through /proc, into the
+    # very pipe its answers take): nothing after them can be matched to a case.
+    with KernelPool(jobs=1, backend="interp") as pool:
+        (pid,) = pool.pids()
+        pipe = os.fstat(pool._workers[0].rfd).st_ino
+        ends = [fd for fd in os.listdir(f"/proc/{pid}/fd")
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"pipe:[{pipe}]"]
+        with open(f"/proc/{pid}/fd/{ends[0]}", "wb") as answers:
+            answers.write(b"{not a frame}\n")
+        bad, after = pool.imap([pass_case(3), pass_case(2)])
+        assert is_error(bad) and "answered something that is not an outcome" in bad.notes["error"]
+        assert after.events == (EventResult(ret=2),) and pool.pids() != [pid]
+
+
+@kernel
 def test_dead_worker_is_replaced_and_its_case_is_an_error() -> None:
     with KernelPool(jobs=1, backend="interp", deadline=30.0) as pool:
         (pid,) = pool.pids()
