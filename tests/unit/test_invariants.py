@@ -172,3 +172,35 @@ def test_judge_a_breach_a_documented_bug_explains_rides_with_the_difference() ->
     plain = dataclasses.replace(K1, program=(Invocation(steps=(K1.program[0].steps[0],), verdict=0),))
     v = judge(plain, kernel, other_path)
     assert v.kinds == {"invariant.return_bound"} and v.shadowed == ()
+
+
+def test_judge_checks_the_model_alone_only_where_it_may_see_more() -> None:
+    # seen_alike: with nothing different and the kernel breaking nothing, the model's own check is
+    # skipped -- except where the comparison cannot see all the checks read.  A model whose window
+    # shows bytes from nowhere (a model bug) against a kernel that recorded no window: compare()
+    # leaves heads out when either is None, the kernel breaks nothing, and the model's breach must
+    # still be found.
+    case, o = _traced(300)
+    odd = dataclasses.replace(o, runs=(dataclasses.replace(o.runs[0], head=Data(bytes(16))),))
+    headless = dataclasses.replace(_concrete(o), runs=(dataclasses.replace(o.runs[0], head=None),))
+    v = judge(case, headless, odd)
+    assert v.kinds == frozenset() and [b.invariant for b in v.model_broken] == ["program_view"]
+    # The same breach on both sides is the kernel's (and the model's, unnamed).
+    v = judge(case, _concrete(odd), odd)
+    assert v.kinds == {"invariant.program_view"} and [b.invariant for b in v.model_broken] == ["program_view"]
+    # And agreeing sides that break nothing: nothing, as the full check says.
+    v = judge(case, _concrete(o), o)
+    assert not v.kinds and not v.model_broken and unexplained(case, o) == []
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_judge_skipping_the_models_check_loses_nothing(seed: int) -> None:
+    # Every generated case, kernel = the model made concrete: wherever the shortcut applies, the
+    # model's full check finds nothing either.
+    for i in range(300):
+        case = random_case(seed, i)
+        m = sim.run(case)
+        k = _concrete(m)
+        v = judge(case, k, m)
+        if not v.kinds and not v.kernel_broken:
+            assert v.model_broken == tuple(unexplained(case, m)), (seed, i)
