@@ -40,6 +40,7 @@ from kernel_runner.kmsg import KmsgWatch
 from kernel_runner.netns import enter_new_netns
 from kernel_runner.pidns import probe_pid_namespace
 from kernel_runner.send_thread import block_sigpipe
+from kernel_runner.worker_process import nice_at_least
 
 # Backend name -> (module, class).  Imported only when asked for: bcc_backend pulls in bcc.
 BACKENDS: Mapping[str, tuple[str, str]] = {
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu", type=int, default=None,
                         help="pin the worker (and so every send thread it creates) to this CPU")
     parser.add_argument("--nice", type=int, default=0,
-                        help="lower the worker's priority (and its send threads') by this much (os.nice)")
+                        help="run the worker (and its send threads) at this niceness at least")
     args = parser.parse_args(argv)
 
     out = os.fdopen(os.dup(1), "wb")
@@ -171,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     # through one of its own accord.
     stop = _Stop()
     try:
-        if args.nice:
-            os.nice(args.nice)
+        nice_at_least(args.nice)
         if args.cpu is not None:
             # A fresh send thread then starts on the CPU of the thread that waits for it: on this
             # (virtualised) host a cross-CPU wake-up costs 3-5 ms at the 99th percentile instead

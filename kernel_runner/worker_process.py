@@ -25,8 +25,17 @@ CLOSE_TIMEOUT = 5.0
 # loop on 2 cores, a worker woken by the loop's write took the loop's CPU, and the other worker
 # waited for its next case meanwhile: at nice 10 the differential loop ran 846-912 cases/s
 # against 673-885 at nice 0, in turns (bench/RESULTS.md).  A worker still gets every cycle the
-# loop does not use, and a case's deadline counts from when it started.
+# loop does not use, and a case's deadline counts from when it started.  A niceness, not an
+# increment: the workers of a process that runs lower already (the triage process) stay at its.
 WORKER_NICE = 10
+
+
+def nice_at_least(n: int) -> None:
+    """Lower this process's priority to niceness n, unless it is lower already (a worker of the
+    triage process, which runs at its own, lower TRIAGE_NICE, stays there)."""
+    now = os.getpriority(os.PRIO_PROCESS, 0)
+    if n > now:
+        os.nice(n - now)
 
 
 class WorkerProcess:

@@ -13,6 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+import sim
+from diffuzz.engine.confirm import Independent
+from diffuzz.engine.triage_process import TRIAGE_NICE, TriageProcess
+from diffuzz.engine.zone import DEFAULT
+from kernel_runner.pool import KernelPool
+from kernel_runner.worker_process import WORKER_NICE
 from tests.faults.test_fuzz_faults import (
     PLANTED,
     ROOT,
@@ -71,3 +77,22 @@ def test_diffuzz_triage_on_a_missing_directory_is_one_line(tmp_path: Path) -> No
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "no such work directory" in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+@kernel
+def test_triage_and_its_kernel_worker_run_below_the_loops_workers() -> None:
+    # TRIAGE_NICE: triage takes what the loop and its workers (WORKER_NICE) leave.
+    _need_kernel()
+    triage = TriageProcess(lambda: KernelPool(jobs=1), sim.run, Independent(None), DEFAULT, minimize_seconds=1)
+    try:
+        assert triage.pid is not None
+        children = Path(f"/proc/{triage.pid}/task/{triage.pid}/children")
+        deadline = time.monotonic() + 60
+        while not children.read_text().split() and time.monotonic() < deadline:
+            time.sleep(0.05)  # its kernel worker starting
+        (worker,) = map(int, children.read_text().split())
+        assert TRIAGE_NICE > WORKER_NICE
+        assert os.getpriority(os.PRIO_PROCESS, triage.pid) == TRIAGE_NICE
+        assert os.getpriority(os.PRIO_PROCESS, worker) == TRIAGE_NICE
+    finally:
+        triage.close()
