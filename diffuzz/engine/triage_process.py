@@ -47,8 +47,8 @@ PER_ROOT = 2  # mismatches with the same root kind waiting or running
 QUEUE_MAX = 64  # mismatches waiting or running in all
 STOP_WAIT = 30.0  # seconds the child gets, once asked to stop, to return the case it holds
 # Triage, and its kernel and bcc workers, run below the loop's workers (WORKER_NICE): triage takes
-# what the loop leaves.  At the workers' own niceness, a 10-minute run against the wrong profile
-# (triage busy all along) kept 77% of the agreeing rate: bench/RESULTS.md.
+# what the loop leaves.  With the loop's workers lowered and triage not, a 10-minute run against
+# the wrong profile (triage busy all along) kept 77% of the agreeing rate: bench/RESULTS.md.
 TRIAGE_NICE = WORKER_NICE + 5
 
 
