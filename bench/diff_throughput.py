@@ -3,7 +3,7 @@
     .venv/bin/python bench/diff_throughput.py [--cases N] [--jobs J] [--seed K] [--backend interp]
                                               [--worker-nice N]
 
-Three measurements on the standard mix (diffuzz.engine.generate.standard_mix: 2 pairs, 1-4 steps per
+Four measurements on the standard mix (diffuzz.engine.generate.standard_mix: 2 pairs, 1-4 steps per
 run, 5 sends of 1-4000 bytes):
 1. generation alone (µs per case);
 2. kernel only: pool.imap over the pre-generated cases;

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from diffuzz.contract.case import Case
 from diffuzz.contract.outcome import Outcome
 from diffuzz.engine.compare import Difference
+from diffuzz.engine.invariants import Broken
 from diffuzz.engine.oracle import Verdict, judge
 from diffuzz.engine.signature import Kinds, root_kind, same_cause
 
@@ -33,6 +34,7 @@ class Rerun:
     model: Outcome
     differences: tuple[Difference, ...]
     kinds: Kinds = frozenset()  # the verdict's kinds on this run
+    shadowed: tuple[Broken, ...] = ()  # the verdict's: promises broken beside the difference (oracle.documented)
 
 
 def shows(verdict: Verdict, kernel: Outcome, model: Outcome, kinds: Kinds, root: str | None = None,
@@ -57,7 +59,7 @@ def rerun(case: Case, kinds: Kinds, kernel: Runner, model: Callable[[Case], Outc
     k = kernel.run(case)
     m = model(case)
     v = judge(case, k, m)
-    return Rerun(shows(v, k, m, kinds, root, case), k, m, v.differences, v.kinds)
+    return Rerun(shows(v, k, m, kinds, root, case), k, m, v.differences, v.kinds, v.shadowed)
 
 
 class Independent:

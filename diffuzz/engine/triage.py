@@ -138,10 +138,9 @@ class Triage:
         }
         if explained is not None and self.profile is not None:
             notes["explained by"] = sentence(explained, self.profile)
-        shadowed = judge(small, final.kernel, final.model).shadowed
-        if shadowed:  # oracle.documented: the breach rides along with the difference
+        if final.shadowed:  # oracle.documented: the breach rides along with the difference
             notes["promises the kernel broke too (a documented bug's, the model could not name it)"] = "; ".join(
-                f"{b.invariant}: {b.detail}" for b in shadowed)
+                f"{b.invariant}: {b.detail}" for b in final.shadowed)
         return Triaged(job, True, case=small, kernel=final.kernel, model=final.model, differences=final.differences,
                        kinds=kinds, notes=notes, seconds=time.monotonic() - t0, explained=explained)
 

@@ -17,10 +17,11 @@ import sim
 from diffuzz.contract.case import Case, Invocation, MapEntry, PushData, Recv, Send, load_case
 from diffuzz.contract.outcome import Data, EventResult, Outcome, loads_outcome
 from diffuzz.engine.corpus import Corpus
-from diffuzz.engine.function_pool import _concrete
+from diffuzz.engine.function_pool import FunctionPool, _concrete
 from diffuzz.engine.generate import random_case
 from diffuzz.engine.invariants import INVARIANTS, KNOWN_BUGS, broken, kmsg_title, unexplained
 from diffuzz.engine.oracle import judge
+from diffuzz.engine.triage import Mismatch, Triage
 
 ROOT = Path(__file__).resolve().parents[2]
 K1 = load_case(str(ROOT / "corpus/kernel-bugs/K1_send_returns_more_than_len.json"))
@@ -204,3 +205,21 @@ def test_judge_skipping_the_models_check_loses_nothing(seed: int) -> None:
         v = judge(case, k, m)
         if not v.kinds and not v.kernel_broken:
             assert v.model_broken == tuple(unexplained(case, m)), (seed, i)
+
+
+def test_triage_keeps_the_breach_that_rides_with_the_difference_in_the_notes() -> None:
+    # The judge test above, through triage: the finding is the difference, and finding.md says
+    # which promise the kernel broke too.
+    def other_path(case: Case) -> Outcome:  # a model that never lets a send return more than it was given
+        out = sim.run(case)
+        events = tuple(dataclasses.replace(r, ret=min(r.ret, e.size)) if isinstance(e, Send) and isinstance(r.ret, int)
+                       else r for e, r in zip(case.events, out.events, strict=True))
+        return dataclasses.replace(out, events=events, notes={})
+
+    kernel = FunctionPool(lambda c: _concrete(sim.run(c)))
+    v = judge(K1, kernel.run(K1), other_path(K1))
+    job = Mismatch(0, 0, K1, v.kinds, v.differences)
+    done = Triage(kernel, other_path).run(job, budget=2.0)
+    assert done.reproduced and done.kinds == {"events[*].ret"}
+    (note,) = [text for key, text in done.notes.items() if key.startswith("promises the kernel broke too")]
+    assert note.startswith("return_bound: events[0]")
