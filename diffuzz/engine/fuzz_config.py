@@ -38,7 +38,9 @@ class FuzzStats:
     unsaved: int = 0  # findings that could not be written yet (disk full)
     triage_pending: int = 0  # mismatches in the triage process or waiting for it
     unconfirmed: int = 0  # mismatches kept under unconfirmed/ for `diffuzz triage`
-    triage_skipped: int = 0  # new keys turned away while their root kind was queued (triage_process.py)
+    # mismatches only counted, never re-run: new keys turned away while their root kind was
+    # queued (triage_process.py), and the others of a key whose first came back flaky
+    triage_skipped: int = 0
     # Earlier sessions of the same campaign (zero without one): the status shows totals.
     cases_before: int = 0
     elapsed_before: float = 0.0

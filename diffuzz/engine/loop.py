@@ -369,6 +369,9 @@ class Engine(FindingStore):
         more = self._waiting.pop(job.key, 0)
         if not r.reproduced:
             st.flaky += 1
+            # The key's others were only counted, never re-run: not flaky, not findings.  The key
+            # is not remembered, so the next one of it is triaged afresh.
+            st.triage_skipped += more
             path = self._keep_flaky(job.case, job.index, list(job.differences), r.again)
             if self.campaign is not None:
                 self.campaign.record_flaky(case_index=job.index, fields=sorted(job.kinds), saved=path,

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -256,7 +257,7 @@ def test_flaky_differences_are_counted_not_saved(tmp_path: Any) -> None:
         out = good(case)
         first = case not in seen
         seen.add(case)
-        if first and hash(case) % 5 == 0:
+        if first and zlib.crc32(repr(case).encode()) % 5 == 0:  # not hash(): the same cases every run
             return Outcome(side="model", inserts=out.inserts, events=out.events, runs=out.runs,
                            run_count=out.run_count + 1, endpoints=out.endpoints)
         return out
@@ -266,5 +267,28 @@ def test_flaky_differences_are_counted_not_saved(tmp_path: Any) -> None:
     # The only findings are the "kernel's" (here the model's own outcomes) broken promises: the
     # documented kernel bugs the model copies (K1, K3), which the invariants report whatever the
     # model says.  No planted difference is saved.
-    assert stats.mismatches > stats.findings and stats.flaky == stats.mismatches - stats.findings
+    # Every mismatch is accounted for: re-run and flaky, a finding, or only counted beside another
+    # of its key (triage_skipped).
+    assert stats.flaky > 0 and stats.mismatches == stats.flaky + stats.findings + stats.triage_skipped
     assert all(b.name.startswith(("known.", "invariant.")) for b in corpus.buckets())
+
+
+def test_the_others_of_a_flaky_key_are_counted(tmp_path: Any) -> None:
+    # Two mismatches of one key in a batch: the first is triaged and its re-run agrees; the second
+    # was only counted beside it.  It is neither flaky nor a finding, and it is not lost.
+    # (CI met this with one PYTHONHASHSEED: the sum above was one short.)
+    good = _sim_run()
+    case = random_case(4, 0)
+    calls = [0]
+
+    def wrong_twice(c: Case) -> Outcome:
+        out = good(c)
+        calls[0] += 1
+        if calls[0] > 2:
+            return out
+        return Outcome(side="model", inserts=out.inserts, events=out.events, runs=out.runs,
+                       run_count=out.run_count + 1, endpoints=out.endpoints)
+
+    stats = Engine(FuzzConfig(seed=4, cases=2, batch=2), FunctionPool(good), wrong_twice, Corpus(tmp_path),
+                   source=lambda i: case).run()
+    assert (stats.mismatches, stats.flaky, stats.triage_skipped, stats.findings) == (2, 1, 1, 0)
