@@ -168,6 +168,7 @@ class TriageProcess:
             self._conn.send(("job", job, self._budget(), self.budget_until is None))
         except OSError as e:
             self.queue.appendleft(job)
+            self._last_words()
             self._died(f"cannot reach it: {e.strerror or e}")
             return
         self.running = job
@@ -181,6 +182,15 @@ class TriageProcess:
             self.stop_request = str(msg[1])
         elif what == "failed":
             self._died(str(msg[1]))
+
+    def _last_words(self) -> None:
+        """Read what a child that went away still said: a child whose kernel did not start says
+        why and exits, and a write can meet the closed pipe before the loop read the reason."""
+        try:
+            while self._conn.poll(0):
+                self._receive(self._conn.recv(), [])  # nothing was running: no result can be there
+        except (EOFError, OSError):
+            pass
 
     def _ask_stop(self) -> None:
         if not self._asked_stop:

@@ -78,6 +78,24 @@ def test_a_child_that_cannot_start_its_kernel_leaves_triage_to_the_loop(tmp_path
         assert "no kernel here" in p.with_suffix(".txt").read_text()
 
 
+def test_a_child_gone_before_the_first_job_still_says_why(tmp_path: Path) -> None:
+    # The race CI met in the test above: the child said why and exited before the loop's first
+    # write, so the write meets a closed pipe.  The reason is the child's, not "Broken pipe".
+    def broken() -> Any:
+        raise OSError("no kernel here")
+
+    tp = TriageProcess(broken, sim.run, Independent(None), DEFAULT, 1.0)
+    try:
+        tp._proc.join(30)  # it has said why and gone
+        assert tp._proc.exitcode == 0
+        job = Mismatch(3, 0, random_case(3, 0), ("run_count",), (), "run_count")
+        assert tp.submit(job) is None  # taken: the loop does not yet know the child is gone
+        assert tp.dead is not None and "no kernel here" in tp.dead, tp.dead
+        assert tp.take_held() == [job]
+    finally:
+        tp.close()
+
+
 def test_what_the_grace_did_not_reach_is_unconfirmed_and_retriage_finishes_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loop, "TRIAGE_GRACE", 0.2)
