@@ -41,6 +41,7 @@ from diffuzz.contract.case import (
     SendMsg,
     Shutdown,
     Splice,
+    peer_of,
 )
 from diffuzz.contract.outcome import MAX_RUN_RECORDS, Data, EventResult, Outcome, Ret, Run, errno_ret
 from kernel_runner.backend import Backend, CaseProgram, RawRun
@@ -291,7 +292,11 @@ class _CaseRun:
         if self._sock(ev.ep) is None:
             return _EBADF
         self.topo.push_pending_frames()  # held bytes never meet a close (docs/execution.md)
+        # A peer whose receive window is full takes neither the rest nor the FIN: no use waiting.
+        full = self.topo.in_flight_to(peer_of(ev.ep)) > 0
         self.topo.close(ev.ep, ev.rst)
+        if not full:
+            self.topo.await_end(peer_of(ev.ep))
         return EventResult(ret=None)
 
     def on_shutdown(self, i: int, ev: Shutdown) -> EventResult:

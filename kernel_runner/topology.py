@@ -21,7 +21,13 @@ from diffuzz.contract.case import Case, SockOpt, peer_of
 
 _LINGER_RST = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}: close sends an RST
 TCP_CLOSE = 7  # include/net/tcp_states.h
+# The states in which a socket has not yet had its peer's FIN or RST (tcp_states.h): a FIN moves
+# ESTABLISHED to CLOSE_WAIT, FIN_WAIT1 to CLOSING, FIN_WAIT2 to TIME_WAIT; an RST moves any to CLOSE.
+_PEER_NOT_ENDED = frozenset({1, 4, 5})  # TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2
 SETTLE_LIMIT = 0.2  # seconds Topology.settle waits at most
+# Seconds await_end waits at most: a FIN held by the congestion window leaves on the ACK that
+# opens it, which the peer may delay by up to TCP_DELACK_MAX (200 ms), or on a tail loss probe.
+FIN_LIMIT = 0.5
 SIOCOUTQNSD = 0x894B  # for TCP, write_seq - snd_nxt: written, not yet sent (tcp_ioctl)
 SIOCOUTQ = 0x5411  # TIOCOUTQ: for TCP, write_seq - snd_una (tcp_ioctl)
 _INT = struct.Struct("i")
@@ -100,6 +106,24 @@ class Topology:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
         finally:
             sock.close()
+
+    def await_end(self, ep: str, limit: float = FIN_LIMIT) -> None:
+        """After ep's peer was closed: wait (bounded) until ep has its FIN or RST.  The model takes
+        the FIN as arrived at the close, but TCP queues it behind what the congestion window still
+        holds (`tcp_send_fin` makes no exception for it), and after many small segments that waits
+        for a delayed ACK; ep's next send then meets a peer in FIN_WAIT1 and is reset
+        (kernel-notes N21).  The FIN follows every byte, so this also waits for those."""
+        sock = self.socks.get(ep)
+        deadline = time.monotonic() + limit
+        while sock is not None:
+            try:
+                if _tcp_state(sock) not in _PEER_NOT_ENDED:
+                    return
+            except OSError:
+                return
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.0002)
 
     def push_pending_frames(self) -> None:
         """Re-set TCP_NODELAY on every open endpoint: tcp_push_pending_frames() sends what

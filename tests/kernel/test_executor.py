@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -37,6 +38,7 @@ from diffuzz.contract.case import (
     Shutdown,
     SockOpt,
     Splice,
+    load_case,
 )
 from diffuzz.contract.outcome import Data, Endpoint, EventResult, Outcome, Run, RunContext, StepRecord
 from kernel_runner.backend import RawRun
@@ -44,6 +46,7 @@ from kernel_runner.pool import KernelPool, is_error
 from kernel_runner.records import endpoint_name, remote_port_host, to_run
 from kernel_runner.topology import Topology
 
+EVIDENCE = Path(__file__).resolve().parents[2] / "docs" / "evidence"
 ABC = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 AF_INET, AF_INET6 = 2, 10
 
@@ -229,6 +232,17 @@ def test_close_rst_resets_the_peer_and_fin_gives_eof(pool: KernelPool) -> None:
     out = run_ok(pool, case)
     assert out.endpoints["p0"].end == "ECONNRESET"
     assert out.endpoints["p1"] == Endpoint(rx=Data(ABC[3:7]), fionread=4, end="EOF")
+
+
+@kernel
+def test_a_fin_held_by_the_congestion_window_arrives_before_the_next_event(pool: KernelPool) -> None:
+    # kernel-notes N21: eleven redirected sends with a pushed byte make p0 send one-byte segments
+    # until c0 delays its ACKs; close(p0) queues the FIN behind them.  The model takes it as
+    # arrived, so the runner waits for it (Topology.await_end).  Without the wait c0's last send
+    # met p0 in FIN_WAIT1 and c0 ended with ECONNRESET, on every run here.
+    case = load_case(str(EVIDENCE / "N21_fin_held_by_cwnd.json"))
+    out = run_ok(pool, case)
+    assert out.endpoints["c0"].end == "EOF"
 
 
 @kernel
