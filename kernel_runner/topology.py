@@ -15,7 +15,7 @@ import fcntl
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from diffuzz.contract.case import Case, SockOpt, peer_of
 
@@ -114,16 +114,8 @@ class Topology:
         for a delayed ACK; ep's next send then meets a peer in FIN_WAIT1 and is reset
         (kernel-notes N21).  The FIN follows every byte, so this also waits for those."""
         sock = self.socks.get(ep)
-        deadline = time.monotonic() + limit
-        while sock is not None:
-            try:
-                if _tcp_state(sock) not in _PEER_NOT_ENDED:
-                    return
-            except OSError:
-                return
-            if time.monotonic() >= deadline:
-                return
-            time.sleep(0.0002)
+        if sock is not None:
+            _wait(lambda: _ended(sock), limit)
 
     def push_pending_frames(self) -> None:
         """Re-set TCP_NODELAY on every open endpoint: tcp_push_pending_frames() sends what
@@ -142,26 +134,18 @@ class Topology:
         frames were pushed, so nothing is left that MSG_MORE holds on purpose.  (Not SIOCOUTQ: that also counts
         bytes delivered but not yet acknowledged, which a delayed ACK keeps for tens of ms.)
         Bounded: a peer whose receive window is full (sockopts, spec W21) takes nothing more."""
-        deadline = 0.0
-        while True:
-            busy = False
-            for ep, sock in self.socks.items():
-                try:
-                    # Sent, and (the receive softirq can run late, from ksoftirqd) received; a socket
-                    # in TCP_CLOSE (reset) receives nothing more, so nothing is owed to it.
-                    if _unsent(sock) or (_tcp_state(sock) != TCP_CLOSE and self.in_flight_to(ep) > 0):
-                        busy = True
-                        break
-                except OSError:
-                    continue
-            if not busy:
-                return
-            now = time.monotonic()
-            if not deadline:
-                deadline = now + limit
-            elif now >= deadline:
-                return
-            time.sleep(0.0002)
+        _wait(self._delivered, limit)
+
+    def _delivered(self) -> bool:
+        for ep, sock in self.socks.items():
+            try:
+                # Sent, and (the receive softirq can run late, from ksoftirqd) received; a socket
+                # in TCP_CLOSE (reset) receives nothing more, so nothing is owed to it.
+                if _unsent(sock) or (_tcp_state(sock) != TCP_CLOSE and self.in_flight_to(ep) > 0):
+                    return False
+            except OSError:
+                continue
+        return True
 
     def in_flight_to(self, ep: str) -> int:
         """Bytes (and a FIN) that ep's TCP peer wrote that ep has not received yet: sent and
@@ -206,6 +190,26 @@ def tcp_bytes(sock: socket.socket) -> tuple[int, int]:
     the peer and received in order (data and FIN)."""
     info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
     return _TCPI_BYTES.unpack_from(info, _TCPI_BYTES_OFFSET)
+
+
+def _wait(done: Callable[[], bool], limit: float) -> None:
+    """Poll `done` every 0.2 ms until it holds or `limit` seconds passed; usually it holds at
+    once, and then no clock is read."""
+    if done():
+        return
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        time.sleep(0.0002)
+        if done():
+            return
+
+
+def _ended(sock: socket.socket) -> bool:
+    """The socket has had its peer's FIN or RST (or is gone)."""
+    try:
+        return _tcp_state(sock) not in _PEER_NOT_ENDED
+    except OSError:
+        return True
 
 
 def _tcp_state(sock: socket.socket) -> int:
