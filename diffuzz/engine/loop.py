@@ -150,7 +150,7 @@ class Engine(FindingStore):
             self._triaged(r)
         for job in left:
             self._unconfirmed(job, f"the triage process ended: {triage.dead}" if triage.dead
-                              else "the run ended before triage reached it")
+                              else "the run ended before triage reached it", self._waiting.pop(job.key, 0))
         self.stats.triage_pending = 0
 
     def _next_index(self) -> int:
@@ -166,8 +166,8 @@ class Engine(FindingStore):
                 self._triaged(r)
             if self.triage.dead:
                 for job in self.triage.take_held():
-                    self._waiting.pop(job.key, None)
-                    self._unconfirmed(job, f"the triage process ended: {self.triage.dead}")
+                    self._unconfirmed(job, f"the triage process ended: {self.triage.dead}",
+                                      self._waiting.pop(job.key, 0))
             self.stats.triage_pending = self.triage.pending()
         if self._unsaved:
             self._save_unsaved()

@@ -161,9 +161,11 @@ class FindingStore:
                       else "the re-run agreed with the model")
         return self._keep("flaky", case, index, f"first run:\n{format_diff(case, first)}\n{rerun_said}\n")
 
-    def _unconfirmed(self, job: Mismatch, why: str) -> None:
-        """A mismatch triage did not take: kept as found, for `diffuzz triage WORKDIR`."""
+    def _unconfirmed(self, job: Mismatch, why: str, more: int = 0) -> None:
+        """A mismatch triage did not take: kept as found, for `diffuzz triage WORKDIR`.  `more`:
+        the others of its key that came while it waited, only counted (triage_skipped)."""
         self.stats.unconfirmed += 1
+        self.stats.triage_skipped += more
         path = self._keep("unconfirmed", job.case, job.index,
                           f"not triaged: {why}\nkinds: {', '.join(sorted(job.kinds))}\n"
                           f"first run:\n{format_diff(job.case, job.differences)}")

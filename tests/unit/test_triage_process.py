@@ -96,6 +96,34 @@ def test_a_child_gone_before_the_first_job_still_says_why(tmp_path: Path) -> Non
         tp.close()
 
 
+@pytest.mark.parametrize("how", ["the child fails", "the grace ends"])
+def test_every_mismatch_of_a_key_is_counted_when_its_triage_never_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    # Two cases again and again, differing in two ways: two keys of two roots.  The first of each
+    # goes to triage, the others only count beside it; when that triage never ends (a child that
+    # cannot start, or the grace over while the other is minimized), the first is unconfirmed and
+    # the others are triage_skipped, not lost.
+    monkeypatch.setattr(loop, "TRIAGE_GRACE", 0.2)
+    a, b = random_case(4, 0), random_case(4, 1)
+
+    def differs(c: Case) -> Outcome:
+        return _off_by_one(c) if c == a else replace(sim.run(c), inserts=(*sim.run(c).inserts, 0))
+
+    def slow(c: Case) -> Outcome:
+        time.sleep(0.05)  # the minimizer outlives the grace
+        return differs(c)
+
+    def broken() -> Any:
+        raise OSError("no kernel here")
+
+    engine = Engine(FuzzConfig(seed=4, cases=40, batch=16, minimize_seconds=30), FunctionPool(differs), sim.run,
+                    Corpus(tmp_path), source=lambda i: a if i % 2 else b,
+                    triage_kernel=broken if how == "the child fails" else lambda: FunctionPool(slow))
+    st = engine.run()
+    assert st.mismatches == 40 and st.unconfirmed >= 1 and st.triage_skipped > 0
+    assert st.mismatches == st.findings + st.flaky + st.unconfirmed + st.triage_skipped
+
+
 def test_what_the_grace_did_not_reach_is_unconfirmed_and_retriage_finishes_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loop, "TRIAGE_GRACE", 0.2)
