@@ -49,7 +49,7 @@ from typing import Any
 
 from diffuzz.contract.case import Case
 from diffuzz.contract.outcome import Outcome
-from diffuzz.contract.wire import frame, frames, unframe
+from diffuzz.contract.wire import OutOfStep, frame, frames, unframe
 from kernel_runner.backend import KernelUnsupported, WorkerStopped
 from kernel_runner.worker_process import WorkerProcess
 
@@ -248,13 +248,11 @@ class KernelPool:
                 self._hung(w)
 
     def _answers(self, w: WorkerProcess) -> None:
+        out_of_step: OutOfStep | None = None
         try:
             payloads = frames(w.rbuf)
-        except ValueError as e:  # out of step with the worker: nothing it says can be matched to a case
-            w.rbuf.clear()
-            self._replace(w, "error", f"worker {w.pid} answered something that is not an outcome ({e}); "
-                          "it was replaced")
-            return
+        except OutOfStep as e:  # the whole frames before it still answer their cases
+            payloads, out_of_step = e.payloads, e
         for payload in payloads:
             if not w.inflight:
                 continue  # nothing asked: ignore
@@ -265,6 +263,10 @@ class KernelPool:
             except ValueError as e:
                 self._results[seq] = self._failed("error", f"worker {w.pid} answered something that is not an "
                                                   f"outcome ({e})")
+        if out_of_step is not None:  # nothing more it says can be matched to a case
+            w.rbuf.clear()
+            self._replace(w, "error", f"worker {w.pid} answered something that is not an outcome ({out_of_step}); "
+                          "it was replaced")
 
     def _hung(self, w: WorkerProcess) -> None:
         self._replace(w, "hang", f"no answer within {self.deadline:g} s; worker {w.pid} was killed (SIGKILL) "

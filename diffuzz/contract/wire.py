@@ -111,13 +111,22 @@ def unframe(payload: bytes, expect: type[T]) -> T:
     return value
 
 
+class OutOfStep(ValueError):
+    """What follows the frames read is not a frame.  `payloads`: the whole frames before it,
+    taken off the buffer and still good."""
+
+    def __init__(self, message: str, payloads: list[bytes]) -> None:
+        super().__init__(message)
+        self.payloads = payloads
+
+
 def frames(buf: bytearray) -> list[bytes]:
     """Take every complete frame's payload off the front of `buf` (the rest stays for the next
-    read); ValueError if `buf` does not start with a frame."""
+    read); OutOfStep (a ValueError) where `buf` goes on with something that is not a frame."""
     out: list[bytes] = []
     while len(buf) >= HEADER:
         if buf[:1] != MAGIC:
-            raise ValueError(f"not a diffuzz frame: {bytes(buf[:40])!r}")
+            raise OutOfStep(f"not a diffuzz frame: {bytes(buf[:40])!r}", out)
         (n,) = _LEN.unpack_from(buf, len(MAGIC))
         if len(buf) < HEADER + n:
             break

@@ -176,6 +176,23 @@ def test_a_worker_out_of_step_is_replaced_and_its_case_is_an_error() -> None:
 
 
 @kernel
+def test_the_whole_frames_before_what_is_out_of_step_still_answer() -> None:
+    # An answer, then bytes that are not a frame, read in one go: the answer is its case's; the
+    # case the worker was on when it went out of step fails, and the rest run on a fresh worker.
+    with KernelPool(jobs=1, backend="interp") as pool:
+        (pid,) = pool.pids()
+        pipe = os.fstat(pool._workers[0].rfd).st_ino
+        ends = [fd for fd in os.listdir(f"/proc/{pid}/fd")
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"pipe:[{pipe}]"]
+        with open(f"/proc/{pid}/fd/{ends[0]}", "wb") as answers:
+            answers.write(frame(Outcome(side="kernel", events=(EventResult(ret=99),))) + b"{not a frame}\n")
+        first, current, after = pool.imap([pass_case(3), pass_case(2), pass_case(4)])
+        assert not is_error(first) and first.events == (EventResult(ret=99),)
+        assert is_error(current) and "answered something that is not an outcome" in current.notes["error"]
+        assert after.events == (EventResult(ret=4),) and pool.pids() != [pid]
+
+
+@kernel
 def test_dead_worker_is_replaced_and_its_case_is_an_error() -> None:
     with KernelPool(jobs=1, backend="interp", deadline=30.0) as pool:
         (pid,) = pool.pids()
