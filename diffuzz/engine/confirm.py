@@ -38,28 +38,30 @@ class Rerun:
 
 
 def shows(verdict: Verdict, kernel: Outcome, model: Outcome, kinds: Kinds, root: str | None = None,
-          case: Case | None = None) -> bool:
+          case: Case | None = None, broken: frozenset[str] = frozenset()) -> bool:
     """Does this verdict show the finding?  With `root` (signature.root_kind), when its first
     difference still shows the same cause (signature.same_cause: what the minimizer keeps, not
     every observable the cause touched); without, when its kinds are exactly `kinds` (what
-    confirmation asks)."""
+    confirmation asks), or, for a finding whose kernel also broke promises (`broken`, ridden along
+    with the difference: oracle.documented), when they ride along a difference again: a breach did
+    not need the same incidental differences to confirm before it rode along."""
     if "error" in kernel.notes:  # a failed kernel run (kernel_runner.pool.is_error) observed nothing
         return False
     if verdict.known:  # a documented kernel bug and nothing else: not the unexplained finding asked about
         return False
     if root is None:
-        return verdict.kinds == kinds
+        return verdict.kinds == kinds or (bool(broken) and {b.invariant for b in verdict.shadowed} == broken)
     return bool(verdict.kinds) and same_cause(root, root_kind(verdict.differences, kernel, model, case))
 
 
 def rerun(case: Case, kinds: Kinds, kernel: Runner, model: Callable[[Case], Outcome],
-          root: str | None = None) -> Rerun:
+          root: str | None = None, broken: frozenset[str] = frozenset()) -> Rerun:
     """The case again: reproduced when the verdict (diffuzz/engine/oracle.py: the broken
     invariants, else the differing fields) shows the same thing (`shows`)."""
     k = kernel.run(case)
     m = model(case)
     v = judge(case, k, m)
-    return Rerun(shows(v, k, m, kinds, root, case), k, m, v.differences, v.kinds, v.shadowed)
+    return Rerun(shows(v, k, m, kinds, root, case, broken), k, m, v.differences, v.kinds, v.shadowed)
 
 
 class Independent:

@@ -332,7 +332,7 @@ class Engine(FindingStore):
             return
         self.stats.mismatches += 1
         job = Mismatch(self.cfg.seed, index, case, verdict.kinds, tuple(verdict.differences),
-                       root_kind(verdict.differences, k, m, case))
+                       root_kind(verdict.differences, k, m, case), frozenset(b.invariant for b in verdict.shadowed))
         key = job.key
         if key in self._known:
             self.stats.findings += 1

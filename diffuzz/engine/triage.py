@@ -50,12 +50,16 @@ class Mismatch:
     kinds: Kinds
     differences: tuple[Difference, ...]
     root: str = ""  # signature.root_kind of the first run: what the bucket will most likely be named by
+    # The promises the kernel broke beside the difference (Verdict.shadowed): the re-run shows the
+    # finding when it breaks them again, whatever else comes or goes (confirm.shows).
+    broken: frozenset[str] = frozenset()
 
     @property
     def key(self) -> int:
-        """key_of(...)'s hash: what the loop keeps for every key it triaged, for the whole run
-        (about 100 bytes each, where the key itself, unpickled from the triage process, took 1 kB)."""
-        return hash(key_of(self.kinds, self.case))
+        """key_of(...)'s hash, with the promises broken beside it: what the loop keeps for every
+        key it triaged, for the whole run (about 100 bytes each, where the key itself, unpickled
+        from the triage process, took 1 kB).  A breach never only counts on a key that had none."""
+        return hash((key_of(self.kinds, self.case), self.broken))
 
     @property
     def name(self) -> str:
@@ -104,7 +108,7 @@ class Triage:
     def run(self, job: Mismatch, budget: float, check_independent: bool = True) -> Triaged:
         """Triage `job`, minimizing for at most `budget` seconds; without `check_independent`
         (a run whose time is up) the bcc backend is not asked (it compiles C: 0.4 s a program)."""
-        again = rerun(job.case, job.kinds, self.kernel, self.model)
+        again = rerun(job.case, job.kinds, self.kernel, self.model, broken=job.broken)
         if not again.reproduced:
             return Triaged(job, False, again=again.differences)
         t0 = time.monotonic()

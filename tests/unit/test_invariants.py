@@ -16,6 +16,7 @@ import pytest
 import sim
 from diffuzz.contract.case import Case, Invocation, MapEntry, PushData, Recv, Send, load_case
 from diffuzz.contract.outcome import Data, EventResult, Outcome, loads_outcome
+from diffuzz.engine.confirm import rerun
 from diffuzz.engine.corpus import Corpus
 from diffuzz.engine.function_pool import FunctionPool, _concrete
 from diffuzz.engine.generate import random_case
@@ -207,15 +208,17 @@ def test_judge_skipping_the_models_check_loses_nothing(seed: int) -> None:
             assert v.model_broken == tuple(unexplained(case, m)), (seed, i)
 
 
+def other_path(case: Case) -> Outcome:
+    """A model that never lets a send return more than it was given (so it no longer copies K1)."""
+    out = sim.run(case)
+    events = tuple(dataclasses.replace(r, ret=min(r.ret, e.size)) if isinstance(e, Send) and isinstance(r.ret, int)
+                   else r for e, r in zip(case.events, out.events, strict=True))
+    return dataclasses.replace(out, events=events, notes={})
+
+
 def test_triage_keeps_the_breach_that_rides_with_the_difference_in_the_notes() -> None:
     # The judge test above, through triage: the finding is the difference, and finding.md says
     # which promise the kernel broke too.
-    def other_path(case: Case) -> Outcome:  # a model that never lets a send return more than it was given
-        out = sim.run(case)
-        events = tuple(dataclasses.replace(r, ret=min(r.ret, e.size)) if isinstance(e, Send) and isinstance(r.ret, int)
-                       else r for e, r in zip(case.events, out.events, strict=True))
-        return dataclasses.replace(out, events=events, notes={})
-
     kernel = FunctionPool(lambda c: _concrete(sim.run(c)))
     v = judge(K1, kernel.run(K1), other_path(K1))
     job = Mismatch(0, 0, K1, v.kinds, v.differences)
@@ -223,3 +226,22 @@ def test_triage_keeps_the_breach_that_rides_with_the_difference_in_the_notes() -
     assert done.reproduced and done.kinds == {"events[*].ret"}
     (note,) = [text for key, text in done.notes.items() if key.startswith("promises the kernel broke too")]
     assert note.startswith("return_bound: events[0]")
+
+
+def test_a_breach_beside_a_difference_confirms_without_the_same_incidental_differences() -> None:
+    # The kernel's first run breaks a promise a documented bug could explain (K1's) beside a
+    # difference, and differs in one more field; the re-run breaks the same promise beside the
+    # difference, without that field.  The breach is what reproduces: confirmed, as it was when
+    # the breach named the finding.
+    again = _concrete(sim.run(K1))
+    first = dataclasses.replace(again, run_count=again.run_count + 1)
+    v = judge(K1, first, other_path(K1))
+    assert [b.invariant for b in v.shadowed] == ["return_bound"] and v.kinds == {"events[*].ret", "run_count"}
+    job = Mismatch(0, 0, K1, v.kinds, v.differences, broken=frozenset(b.invariant for b in v.shadowed))
+    r = rerun(K1, job.kinds, FunctionPool(lambda c: again), other_path, broken=job.broken)
+    assert r.reproduced and r.kinds == {"events[*].ret"}
+    # Without the breach the same re-run would be flaky: the kinds differ.
+    assert not rerun(K1, job.kinds, FunctionPool(lambda c: again), other_path).reproduced
+    # And a re-run that breaks nothing is not the finding, whatever it differs in.
+    kept = dataclasses.replace(first, events=other_path(K1).events)
+    assert not rerun(K1, job.kinds, FunctionPool(lambda c: kept), other_path, broken=job.broken).reproduced
