@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -159,16 +160,21 @@ def test_hang_is_reported_and_the_next_case_runs() -> None:
         assert not os.path.exists(f"/proc/{before[0]}")
 
 
+def _answer_pipe(pool: KernelPool, pid: int) -> BinaryIO:
+    """The worker's answer pipe, opened for writing through /proc: what is written here reaches
+    the pool as if the worker had said it."""
+    pipe = os.fstat(pool._workers[0].rfd).st_ino
+    ends = [fd for fd in os.listdir(f"/proc/{pid}/fd") if os.readlink(f"/proc/{pid}/fd/{fd}") == f"pipe:[{pipe}]"]
+    return open(f"/proc/{pid}/fd/{ends[0]}", "wb")
+
+
 @kernel
 def test_a_worker_out_of_step_is_replaced_and_its_case_is_an_error() -> None:
     # Bytes that are not a frame on a worker's answer pipe (written here through /proc, into the
     # very pipe its answers take): nothing after them can be matched to a case.
     with KernelPool(jobs=1, backend="interp") as pool:
         (pid,) = pool.pids()
-        pipe = os.fstat(pool._workers[0].rfd).st_ino
-        ends = [fd for fd in os.listdir(f"/proc/{pid}/fd")
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"pipe:[{pipe}]"]
-        with open(f"/proc/{pid}/fd/{ends[0]}", "wb") as answers:
+        with _answer_pipe(pool, pid) as answers:
             answers.write(b"{not a frame}\n")
         bad, after = pool.imap([pass_case(3), pass_case(2)])
         assert is_error(bad) and "answered something that is not an outcome" in bad.notes["error"]
@@ -181,10 +187,7 @@ def test_the_whole_frames_before_what_is_out_of_step_still_answer() -> None:
     # case the worker was on when it went out of step fails, and the rest run on a fresh worker.
     with KernelPool(jobs=1, backend="interp") as pool:
         (pid,) = pool.pids()
-        pipe = os.fstat(pool._workers[0].rfd).st_ino
-        ends = [fd for fd in os.listdir(f"/proc/{pid}/fd")
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"pipe:[{pipe}]"]
-        with open(f"/proc/{pid}/fd/{ends[0]}", "wb") as answers:
+        with _answer_pipe(pool, pid) as answers:
             answers.write(frame(Outcome(side="kernel", events=(EventResult(ret=99),))) + b"{not a frame}\n")
         first, current, after = pool.imap([pass_case(3), pass_case(2), pass_case(4)])
         assert not is_error(first) and first.events == (EventResult(ret=99),)
